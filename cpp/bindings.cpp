@@ -1,0 +1,179 @@
+// rnnfast._core: one function per cell and direction, each running a whole layer over the
+// whole sequence. The Python layer validates and converts user input; these checks repeat the
+// shape checks so that a direct call with wrong arrays raises instead of reading out of bounds.
+// Arguments are taken with noconvert(): a wrong dtype or layout is a TypeError, never a silent copy.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <optional>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "common.hpp"
+#include "rnn.hpp"
+
+namespace py = pybind11;
+using namespace rnnfast;
+
+template <typename T>
+using Array = py::array_t<T, py::array::c_style>;
+using Lengths = py::array_t<std::int64_t, py::array::c_style>;
+
+namespace {
+
+std::string shape_str(const std::vector<py::ssize_t>& s) {
+  std::ostringstream os;
+  os << "(";
+  for (size_t i = 0; i < s.size(); ++i) os << (i ? ", " : "") << s[i];
+  os << (s.size() == 1 ? ",)" : ")");
+  return os.str();
+}
+
+void expect_shape(const py::array& a, const std::vector<py::ssize_t>& want, const char* name) {
+  std::vector<py::ssize_t> got(a.shape(), a.shape() + a.ndim());
+  if (got != want)
+    throw std::invalid_argument(std::string(name) + " must have shape " + shape_str(want) +
+                                ", got " + shape_str(got));
+}
+
+const std::int64_t* lengths_ptr(const std::optional<Lengths>& lengths, Index B, Index T_) {
+  if (!lengths) return nullptr;
+  expect_shape(*lengths, {B}, "lengths");
+  const std::int64_t* l = lengths->data();
+  for (Index b = 0; b < B; ++b)
+    if (l[b] < 0 || l[b] > T_)
+      throw std::invalid_argument("lengths must lie in [0, " + std::to_string(T_) + "], got " +
+                                  std::to_string(l[b]) + " at index " + std::to_string(b));
+  return l;
+}
+
+template <typename T>
+const T* bias_ptr(const std::optional<Array<T>>& b, Index GH, const char* name) {
+  if (!b) return nullptr;
+  expect_shape(*b, {GH}, name);
+  return b->data();
+}
+
+// Checks the weights against x (B, T, D) and builds the layer's views; returns the dims.
+template <typename T>
+Dims layer_dims(const Array<T>& x, const Array<T>& w_ih, const Array<T>& w_hh, Index G) {
+  if (x.ndim() != 3)
+    throw std::invalid_argument("x must be 3-D (B, T, D), got " + std::to_string(x.ndim()) + "-D");
+  if (w_hh.ndim() != 2)
+    throw std::invalid_argument("weight_hh must be 2-D (G*H, H), got " +
+                                std::to_string(w_hh.ndim()) + "-D");
+  const Index H = w_hh.shape(1);
+  const Dims d{x.shape(0), x.shape(1), x.shape(2), H};
+  expect_shape(w_hh, {G * H, H}, "weight_hh");
+  expect_shape(w_ih, {G * H, d.D}, "weight_ih");
+  return d;
+}
+
+template <typename T>
+LayerWeights<T> weights(const Array<T>& w_ih, const Array<T>& w_hh,
+                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                        const Dims& d, Index G) {
+  if (b_ih.has_value() != b_hh.has_value())
+    throw std::invalid_argument("bias_ih and bias_hh must both be given or both be None");
+  return {ConstMatrixMap<T>(w_ih.data(), G * d.H, d.D), ConstMatrixMap<T>(w_hh.data(), G * d.H, d.H),
+          bias_ptr<T>(b_ih, G * d.H, "bias_ih"), bias_ptr<T>(b_hh, G * d.H, "bias_hh")};
+}
+
+rnn::Activation activation(const std::string& name) {
+  if (name == "tanh") return rnn::Activation::Tanh;
+  if (name == "relu") return rnn::Activation::Relu;
+  throw std::invalid_argument("nonlinearity must be 'tanh' or 'relu', got '" + name + "'");
+}
+
+template <typename T>
+py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
+                      const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
+                      const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
+                      const std::string& nonlinearity) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  const auto f = activation(nonlinearity);
+  Array<T> y({d.B, d.T, d.H});
+  Array<T> h_n({d.B, d.H});
+  T* y_p = y.mutable_data();
+  T* h_n_p = h_n.mutable_data();
+  const T* x_p = x.data();
+  const T* h0_p = h0.data();
+  {
+    py::gil_scoped_release release;
+    rnn::forward<T>(y_p, h_n_p, x_p, h0_p, w, l, f, d);
+  }
+  return py::make_tuple(y, h_n);
+}
+
+template <typename T>
+py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
+                       const Array<T>& w_ih, const Array<T>& w_hh,
+                       const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                       const std::optional<Lengths>& lengths, const std::string& nonlinearity,
+                       const Array<T>& dy, const Array<T>& dh_n) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  expect_shape(y, {d.B, d.T, d.H}, "y");
+  expect_shape(dy, {d.B, d.T, d.H}, "dy");
+  expect_shape(dh_n, {d.B, d.H}, "dh_n");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  const auto f = activation(nonlinearity);
+  const bool bias = b_ih.has_value();
+
+  Array<T> dx({d.B, d.T, d.D});
+  Array<T> dh0({d.B, d.H});
+  Array<T> dw_ih({d.H, d.D});
+  Array<T> dw_hh({d.H, d.H});
+  Array<T> db_ih({bias ? d.H : Index(0)});
+  Array<T> db_hh({bias ? d.H : Index(0)});
+  std::vector<T> da(static_cast<size_t>(d.B * d.T * d.H));
+  std::vector<T> dh_prev(static_cast<size_t>(d.B * d.H));
+
+  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), d.H, d.D),
+                  MatrixMap<T>(dw_hh.mutable_data(), d.H, d.H),
+                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
+  const rnn::Workspace<T> ws{da.data(), dh_prev.data()};
+  T* dx_p = dx.mutable_data();
+  T* dh0_p = dh0.mutable_data();
+  const T *x_p = x.data(), *h0_p = h0.data(), *y_p = y.data(), *dy_p = dy.data(),
+          *dh_n_p = dh_n.data();
+  {
+    py::gil_scoped_release release;
+    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, ws, d);
+  }
+  py::object none = py::none();
+  return py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                        bias ? py::object(db_hh) : none);
+}
+
+template <typename T>
+void def_rnn(py::module_& m) {
+  m.def("rnn_forward", &rnn_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
+        py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
+        py::arg("lengths").noconvert().none(true), py::arg("nonlinearity"),
+        "One RNN layer over the whole sequence. Returns (y (B, T, H), h_n (B, H)).");
+  m.def("rnn_backward", &rnn_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("y").noconvert(), py::arg("weight_ih").noconvert(),
+        py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
+        py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
+        py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
+        "Backpropagation through time for one RNN layer. "
+        "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
+        "when the layer has none.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "rnnfast's compiled time loops (private: use the rnnfast package)";
+  def_rnn<float>(m);
+  def_rnn<double>(m);
+}

@@ -1,0 +1,117 @@
+// Shared pieces of the fast path: array views, one layer's weights, and the two
+// products that every cell does outside its time loop.
+//
+// Letters: B = batch, T = timesteps, D = input features, H = hidden units,
+// G = gates per cell (RNN 1, LSTM 4, GRU 3). Arrays are batch-first and C-ordered,
+// so a (B, T, W) array flattens to (B*T, W) rows ordered r = b*T + t.
+#pragma once
+
+#include <Eigen/Core>
+#include <cstdint>
+
+namespace rnnfast {
+
+using Index = Eigen::Index;
+
+template <typename T>
+using Matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+template <typename T>
+using MatrixMap = Eigen::Map<Matrix<T>>;
+template <typename T>
+using ConstMatrixMap = Eigen::Map<const Matrix<T>>;
+template <typename T>
+using RowVectorMap = Eigen::Map<Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+template <typename T>
+using ConstRowVectorMap = Eigen::Map<const Eigen::Matrix<T, 1, Eigen::Dynamic>>;
+
+// The (B, W) slice at one timestep of a (B, T, W) array: its rows are T*W apart.
+template <typename T>
+using StepMap = Eigen::Map<Matrix<T>, 0, Eigen::OuterStride<>>;
+template <typename T>
+using ConstStepMap = Eigen::Map<const Matrix<T>, 0, Eigen::OuterStride<>>;
+
+template <typename T>
+StepMap<T> at_step(T* base, Index B, Index T_, Index W, Index t) {
+  return StepMap<T>(base + t * W, B, W, Eigen::OuterStride<>(T_ * W));
+}
+template <typename T>
+ConstStepMap<T> at_step(const T* base, Index B, Index T_, Index W, Index t) {
+  return ConstStepMap<T>(base + t * W, B, W, Eigen::OuterStride<>(T_ * W));
+}
+
+struct Dims {
+  Index B, T, D, H;
+};
+
+// lengths == nullptr means every sequence runs all T steps.
+inline bool is_valid(const std::int64_t* lengths, Index b, Index t) {
+  return lengths == nullptr || t < lengths[b];
+}
+
+// One layer's parameters, with PyTorch's names and shapes; they travel together.
+template <typename T>
+struct LayerWeights {
+  ConstMatrixMap<T> w_ih;  // (G*H, D)
+  ConstMatrixMap<T> w_hh;  // (G*H, H)
+  const T* b_ih;           // (G*H,), nullptr when the layer has no bias
+  const T* b_hh;           // (G*H,), nullptr when the layer has no bias
+};
+
+// Where the gradients of one layer's parameters go (same shapes as LayerWeights).
+template <typename T>
+struct LayerGrads {
+  MatrixMap<T> dw_ih;  // (G*H, D)
+  MatrixMap<T> dw_hh;  // (G*H, H)
+  T* db_ih;            // (G*H,), nullptr when the layer has no bias
+  T* db_hh;            // (G*H,), nullptr when the layer has no bias
+};
+
+// a = x W_ih^T + b_ih + b_hh for every (b, t) at once: one product before the loop.
+// a: (B*T, G*H), x: (B*T, D).
+template <typename T>
+void input_projection(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>& w) {
+  a.noalias() = x * w.w_ih.transpose();
+  if (w.b_ih != nullptr) {
+    const Index GH = a.cols();
+    a.rowwise() += ConstRowVectorMap<T>(w.b_ih, GH) + ConstRowVectorMap<T>(w.b_hh, GH);
+  }
+}
+
+// Backward of input_projection, one product each after the loop:
+// a = x W_ih^T + b  =>  dx = da W_ih,  dW_ih = da^T x,  db_ih = Σ_rows da.
+// db_hh is left to the caller: it equals db_ih only where b_hh enters like b_ih.
+template <typename T>
+void input_projection_backward(MatrixMap<T> dx, LayerGrads<T>& g, ConstMatrixMap<T> da,
+                               ConstMatrixMap<T> x, const LayerWeights<T>& w) {
+  dx.noalias() = da * w.w_ih;
+  g.dw_ih.noalias() = da.transpose() * x;
+  if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, da.cols()) = da.colwise().sum();
+}
+
+// dW_hh = Σ_{b,t} dah[b,t]^T h[b,t-1], with h[b,t-1] = y[b,t-1] for t ≥ 1 and h0[b] at t = 0.
+// dah: (B*T, G*H), the gradient of the recurrent pre-activation h_{t-1} W_hh^T;
+// y: (B*T, H), the layer's outputs; h0: (B, H).
+// In the flattened rows r = b*T + t, y[r-1] is the previous step of the same sequence except
+// at t = 0, where it is the last step of sequence b-1. So one product pairs every r with r-1,
+// then two small (B-row) products replace those B wrong pairs at t = 0 by the h0 pairs.
+// Rows past a sequence's length have dah = 0, so they add nothing.
+template <typename T>
+void recurrent_weight_grad(MatrixMap<T> dw_hh, const T* dah, const T* y, const T* h0, const Dims& d,
+                           Index GH) {
+  const Index BT = d.B * d.T;
+  if (BT == 0) {
+    dw_hh.setZero();
+    return;
+  }
+  ConstMatrixMap<T> dah_all(dah, BT, GH);
+  ConstMatrixMap<T> y_all(y, BT, d.H);
+  dw_hh.noalias() = dah_all.bottomRows(BT - 1).transpose() * y_all.topRows(BT - 1);
+  const auto dah_first = at_step(dah, d.B, d.T, GH, 0);   // (B, G*H) at t = 0
+  const auto y_last = at_step(y, d.B, d.T, d.H, d.T - 1);  // (B, H) at t = T-1
+  dw_hh.noalias() += dah_first.transpose() * ConstMatrixMap<T>(h0, d.B, d.H);
+  if (d.B > 1) {
+    dw_hh.noalias() -= dah_first.bottomRows(d.B - 1).transpose() * y_last.topRows(d.B - 1);
+  }
+}
+
+}  // namespace rnnfast

@@ -1,0 +1,90 @@
+// Vanilla RNN layer, forward and backward through time.
+//   h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  f = tanh or relu
+// Letters as in common.hpp; G = 1.
+//
+// What backward needs is x, h0 and the outputs y: h_t = y[:, t] on every valid step and
+// f'(a_t) is a function of h_t. So the layer keeps no cache of its own.
+#pragma once
+
+#include "common.hpp"
+
+namespace rnnfast::rnn {
+
+enum class Activation { Tanh, Relu };
+
+template <typename T>
+struct Workspace {  // backward's buffers, sized once per call before the loop
+  T* da;            // (B, T, H): gradient of the pre-activation a_t
+  T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+};
+
+// Outputs: y (B, T, H), h_n (B, H). Inputs: x (B, T, D), h0 (B, H).
+template <typename T>
+void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
+             const std::int64_t* lengths, Activation f, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  // y starts as a_t without its recurrent term, for all steps at once; the loop adds it in place.
+  input_projection<T>(MatrixMap<T>(y, B * T_, H), ConstMatrixMap<T>(x, B * T_, d.D), w);
+  MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
+  h = ConstMatrixMap<T>(h0, B, H);
+  for (Index t = 0; t < T_; ++t) {
+    auto a = at_step(y, B, T_, H, t);
+    a.noalias() += h * w.w_hh.transpose();
+    if (f == Activation::Tanh)
+      a = a.array().tanh();
+    else
+      a = a.array().max(T(0));
+    if (lengths == nullptr) {
+      h = a;
+      continue;
+    }
+    // A finished sequence keeps its state and outputs zeros.
+    for (Index b = 0; b < B; ++b) {
+      if (is_valid(lengths, b, t))
+        h.row(b) = a.row(b);
+      else
+        a.row(b).setZero();
+    }
+  }
+}
+
+// Outputs: dx (B, T, D), dh0 (B, H), g. Inputs: the forward's x, h0, y; dy (B, T, H);
+// dh_n (B, H), the gradient reaching the final state.
+template <typename T>
+void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+              const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
+              const T* dh_n, const Workspace<T>& ws, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
+  dh = ConstMatrixMap<T>(dh_n, B, H);
+  MatrixMap<T> dh_prev(ws.dh_prev, B, H);
+  for (Index t = T_ - 1; t >= 0; --t) {
+    auto da = at_step(ws.da, B, T_, H, t);
+    const auto h_t = at_step(y, B, T_, H, t);
+    const auto dy_t = at_step(dy, B, T_, H, t);
+    // h_t = f(a_t): backprop through f, written from the output.
+    if (f == Activation::Tanh)
+      da = (dh + dy_t).array() * (T(1) - h_t.array().square());
+    else
+      da = (dh + dy_t).array() * (h_t.array() > T(0)).template cast<T>();
+    if (lengths == nullptr) {
+      // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
+      dh.noalias() = da * w.w_hh;
+      continue;
+    }
+    // A finished sequence gets no gradient at t, and dh passes its frozen state unchanged.
+    for (Index b = 0; b < B; ++b)
+      if (!is_valid(lengths, b, t)) da.row(b).setZero();
+    dh_prev.noalias() = da * w.w_hh;
+    for (Index b = 0; b < B; ++b)
+      if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
+  }
+  ConstMatrixMap<T> da_all(ws.da, B * T_, H);
+  MatrixMap<T> dx_all(dx, B * T_, d.D);
+  input_projection_backward<T>(dx_all, g, da_all, ConstMatrixMap<T>(x, B * T_, d.D), w);
+  // b_hh enters a_t exactly as b_ih does.
+  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, H) = RowVectorMap<T>(g.db_ih, H);
+  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, H);
+}
+
+}  // namespace rnnfast::rnn

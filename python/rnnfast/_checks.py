@@ -1,0 +1,107 @@
+"""Checks and conversions at the public entry points.
+
+Every error names the argument, what was expected and what was given. Arrays are refused
+when they are not NumPy arrays, when their dtype is not a real floating type, or when their
+shape is wrong; any real floating array is converted once to the model's dtype and made
+C-contiguous (a copy only when needed).
+"""
+
+import os
+
+import numpy as np
+
+
+def shape_str(shape):
+    """``(2, 3)`` as text, with the one-element tuple written ``(3,)``."""
+    return str(tuple(int(s) for s in shape))
+
+
+def as_float_array(a, name, dtype, ndim):
+    """``a`` as a C-contiguous array of ``dtype`` with ``ndim`` dimensions, or a clear error."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(
+            f"{name} must be a numpy.ndarray, got {type(a).__name__}; "
+            f"convert it first, e.g. np.asarray({name}, dtype=np.{np.dtype(dtype).name})")
+    if a.dtype.kind != "f":
+        raise TypeError(
+            f"{name} must have a real floating dtype (it is converted to the model's "
+            f"{np.dtype(dtype).name}), got {a.dtype}")
+    if a.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {shape_str(a.shape)}")
+    return np.ascontiguousarray(a, dtype=dtype)
+
+
+def expect_shape(a, name, expected, meaning):
+    """Raise unless ``a.shape == expected``; ``meaning`` spells the dimensions, e.g. "(B, T, H)"."""
+    if a.shape != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {meaning} = {shape_str(expected)}, got {shape_str(a.shape)}")
+
+
+def check_finite(a, name):
+    """Raise if ``a`` holds a NaN or an infinity.
+
+    One pass with no temporary: a sum is finite unless an element is non-finite or the sum
+    overflows, and only in that rare case is every element looked at.
+    """
+    if a.size and not np.isfinite(a.sum()) and not np.isfinite(a).all():
+        bad = np.argwhere(~np.isfinite(a))
+        raise ValueError(
+            f"{name} contains {len(bad)} non-finite value(s) (NaN or Inf), the first at index "
+            f"{tuple(int(i) for i in bad[0])}; pass check_finite=False to the model to skip this "
+            f"check")
+
+
+def as_lengths(lengths, B, T):
+    """``lengths`` as a C-contiguous int64 array of shape (B,) with values in [0, T], or None."""
+    if lengths is None:
+        return None
+    arr = np.asarray(lengths)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"lengths must hold integers, got dtype {arr.dtype}")
+    if arr.shape != (B,):
+        raise ValueError(
+            f"lengths must have shape (B,) = ({B},), one length per sequence, got "
+            f"{shape_str(arr.shape)}")
+    if B and (arr.min() < 0 or arr.max() > T):
+        bad = int(np.flatnonzero((arr < 0) | (arr > T))[0])
+        raise ValueError(
+            f"lengths must lie in [0, T] = [0, {T}], got {int(arr[bad])} at index {bad}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def positive_int(value, name):
+    """``value`` as an int ≥ 1, refusing bools, floats and anything else."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return int(value)
+
+
+def model_dtype(dtype):
+    """The model's dtype: float32 or float64 and nothing else."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError:
+        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dtype!r}") from None
+    if dt not in (np.float32, np.float64):
+        raise TypeError(f"dtype must be numpy.float32 or numpy.float64, got {dt}")
+    return dt
+
+
+def _physical_memory():
+    """Bytes of RAM on this machine, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_allocation(nbytes, what):
+    """Refuse, before allocating anything, a request larger than the machine's memory."""
+    total = _physical_memory()
+    if total is not None and nbytes > total:
+        raise MemoryError(
+            f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
+            f"{total / 2**30:.1f} GiB of memory")

@@ -1,0 +1,274 @@
+"""What every recurrent model shares: parameters, input checks, the stack of layers, caches.
+
+A cell (RNN, LSTM, GRU) subclasses ``Recurrent`` and supplies how one layer runs forward and
+backward over the whole sequence, on either backend:
+
+- ``"cpp"``: ``rnnfast._core``, one call per layer per pass;
+- ``"numpy"``: ``rnnfast.reference``, the readable ground truth.
+
+Letters: B = batch, T = timesteps, D = input features, H = hidden units, L = layers,
+G = gates per cell.
+"""
+
+import numpy as np
+
+from . import _checks
+
+
+class ForwardCache:
+    """What ``backward`` needs from one ``forward`` call. Treat it as opaque.
+
+    It holds references, not copies: per layer the layer's input, initial state, outputs and
+    whatever the cell saves (``saved``). The input of layer 0 is the ``x`` given to
+    ``forward`` (or its converted copy), so do not modify ``x`` in place before ``backward``.
+    """
+
+    def __init__(self, owner, batch, steps, lengths, layers):
+        self.owner = owner
+        self.batch = batch
+        self.steps = steps
+        self.lengths = lengths
+        self.layers = layers  # per layer: (x, state0 tuple, y, saved tuple)
+
+    @property
+    def nbytes(self):
+        """Bytes of the arrays this cache keeps alive (layer 0's input included)."""
+        seen, total = set(), 0
+        for x, state0, y, saved in self.layers:
+            for a in (x, y, *state0, *saved):
+                if id(a) not in seen:
+                    seen.add(id(a))
+                    total += a.nbytes
+        return total
+
+
+class Recurrent:
+    """Base of RNN, LSTM and GRU: see those classes for the public documentation."""
+
+    gates = 1  # G: rows of weight_ih per hidden unit
+    state_parts = 1  # 1 for h; 2 for the LSTM's (h, c)
+    saved_per_step = 0  # floats per (b, t, unit) that a layer saves for backward, beyond y
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, dtype=np.float32,
+                 seed=None, backend="cpp", check_finite=True):
+        self.input_size = _checks.positive_int(input_size, "input_size")
+        self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
+        self.num_layers = _checks.positive_int(num_layers, "num_layers")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be True or False, got {bias!r}")
+        self.bias = bool(bias)
+        self.dtype = _checks.model_dtype(dtype)
+        if backend not in ("cpp", "numpy"):
+            raise ValueError(f"backend must be 'cpp' or 'numpy', got {backend!r}")
+        self.backend = backend
+        self.check_finite = bool(check_finite)
+        self.seed = seed
+        self._token = object()  # identifies this model's caches
+        self.params = self._init_params(np.random.default_rng(seed))
+
+    # -- parameters -------------------------------------------------------------------------
+
+    def _shapes(self):
+        """Name -> shape of every parameter, in PyTorch's order."""
+        G, H = self.gates, self.hidden_size
+        shapes = {}
+        for k in range(self.num_layers):
+            D_k = self.input_size if k == 0 else H
+            shapes[f"weight_ih_l{k}"] = (G * H, D_k)
+            shapes[f"weight_hh_l{k}"] = (G * H, H)
+            if self.bias:
+                shapes[f"bias_ih_l{k}"] = (G * H,)
+                shapes[f"bias_hh_l{k}"] = (G * H,)
+        return shapes
+
+    def _init_params(self, rng):
+        """PyTorch's default: every parameter drawn from U(-1/sqrt(H), 1/sqrt(H))."""
+        shapes = self._shapes()
+        total = sum(int(np.prod(s, dtype=np.float64)) for s in shapes.values())
+        _checks.check_allocation(
+            total * self.dtype.itemsize,
+            f"the parameters of input_size={self.input_size}, hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}")
+        bound = 1.0 / np.sqrt(self.hidden_size)
+        # Drawn in float64 and then cast, so that one seed gives the same model in both dtypes.
+        return {name: rng.uniform(-bound, bound, size=shape).astype(self.dtype)
+                for name, shape in shapes.items()}
+
+    def _layer_params(self):
+        """Per layer, a dict of its four parameters (biases None without bias), checked.
+
+        ``params`` holds live arrays that users and optimisers may replace; anything of the
+        wrong shape, dtype or layout is refused here, before it can reach C++.
+        """
+        layers = []
+        for name, shape in self._shapes().items():
+            a = self.params.get(name)
+            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
+                    or not a.flags.c_contiguous:
+                got = (f"{type(a).__name__}" if not isinstance(a, np.ndarray) else
+                       f"{a.dtype} array of shape {_checks.shape_str(a.shape)}"
+                       f"{'' if a.flags.c_contiguous else ', not C-contiguous'}")
+                raise ValueError(
+                    f"params[{name!r}] must be a C-contiguous {self.dtype} array of shape "
+                    f"{_checks.shape_str(shape)}, got {got}")
+        for k in range(self.num_layers):
+            p = {n: self.params.get(f"{n}_l{k}") for n in
+                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
+            layers.append(p)
+        return layers
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _state_parts(self, state, B, name):
+        """The user's state as a tuple of ``state_parts`` arrays (L, B, H), zeros if None."""
+        shape = (self.num_layers, B, self.hidden_size)
+        if state is None:
+            return tuple(np.zeros(shape, self.dtype) for _ in range(self.state_parts))
+        if self.state_parts == 1:
+            parts, labels = (state,), (name,)
+        else:
+            if not isinstance(state, tuple) or len(state) != self.state_parts:
+                raise TypeError(f"{name} must be a tuple (h, c) of two arrays, got "
+                                f"{type(state).__name__}")
+            parts, labels = state, (f"{name}[0] (h)", f"{name}[1] (c)")
+        out = []
+        for part, label in zip(parts, labels):
+            a = _checks.as_float_array(part, label, self.dtype, 3)
+            _checks.expect_shape(a, label, shape, "(num_layers, B, H)")
+            if self.check_finite:
+                _checks.check_finite(a, label)
+            out.append(a)
+        return tuple(out)
+
+    def _pack_state(self, parts):
+        return parts[0] if self.state_parts == 1 else tuple(parts)
+
+    # -- the public passes ------------------------------------------------------------------
+
+    def __call__(self, x, state=None, lengths=None):
+        """Inference: ``y, state = model(x, state=None, lengths=None)``. See ``forward``."""
+        y, state, _ = self.forward(x, state, lengths)
+        return y, state
+
+    def forward(self, x, state=None, lengths=None):
+        """Run the model over the sequences and keep what ``backward`` needs.
+
+        Parameters
+        ----------
+        x : ndarray, shape (B, T, input_size)
+            Batch-first inputs, any real floating dtype (converted to the model's dtype).
+        state : ndarray (num_layers, B, hidden_size), or for the LSTM a tuple ``(h, c)`` of
+            two such arrays; optional. The initial state; zeros when None.
+        lengths : array-like of ints, shape (B,), optional
+            Valid steps of each sequence, in [0, T]. At steps t >= lengths[b] the state of
+            sequence b stays as it was, its output is zero and it receives no gradient.
+
+        Returns
+        -------
+        y : ndarray (B, T, hidden_size)
+            The last layer's outputs.
+        state : like ``state``
+            Every layer's state after each sequence's last valid step.
+        cache : ForwardCache
+            For ``backward``.
+
+        B = 0 or T = 0 are allowed: y is empty, and with T = 0 the state is returned unchanged.
+        """
+        x = _checks.as_float_array(x, "x", self.dtype, 3)
+        B, T, D = x.shape
+        if D != self.input_size:
+            raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
+                             f"{self.input_size}, got {_checks.shape_str(x.shape)}")
+        if self.check_finite:
+            _checks.check_finite(x, "x")
+        lengths = _checks.as_lengths(lengths, B, T)
+        state0 = self._state_parts(state, B, "state")
+        layer_params = self._layer_params()
+        _checks.check_allocation(
+            B * T * self.num_layers * self.hidden_size * (1 + self.saved_per_step)
+            * self.dtype.itemsize,
+            f"forward over B={B}, T={T} with hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}")
+
+        final = tuple(np.empty_like(s) for s in state0)
+        layers = []
+        inp = x
+        for k, p in enumerate(layer_params):
+            s0 = tuple(s[k] for s in state0)
+            y, s_n, saved = self._layer_forward(inp, s0, p, lengths)
+            for whole, part in zip(final, s_n):
+                whole[k] = part
+            layers.append((inp, s0, y, saved))
+            inp = y
+        cache = ForwardCache(self._token, B, T, lengths, layers)
+        return inp, self._pack_state(final), cache
+
+    def backward(self, cache, dy, dstate=None):
+        """Backpropagation through time.
+
+        Parameters
+        ----------
+        cache : ForwardCache
+            From this model's ``forward``.
+        dy : ndarray (B, T, hidden_size)
+            Gradient of the loss with respect to ``y``. Entries past a sequence's length are
+            ignored.
+        dstate : like the state, optional
+            Gradient with respect to the final state returned by ``forward``; zeros if None.
+
+        Returns
+        -------
+        dx : ndarray (B, T, input_size)
+        dstate0 : like the state
+            Gradient with respect to the initial state.
+        grads : dict
+            Same keys and shapes as ``params``.
+        """
+        if not isinstance(cache, ForwardCache):
+            raise TypeError(f"cache must be the ForwardCache returned by forward, got "
+                            f"{type(cache).__name__}")
+        if cache.owner is not self._token:
+            raise ValueError("cache was made by another model's forward; pass the cache from "
+                             "this model's forward")
+        B, T = cache.batch, cache.steps
+        dy = _checks.as_float_array(dy, "dy", self.dtype, 3)
+        _checks.expect_shape(dy, "dy", (B, T, self.hidden_size), "(B, T, hidden_size)")
+        if self.check_finite:
+            _checks.check_finite(dy, "dy")
+        dstate_n = self._state_parts(dstate, B, "dstate")
+        layer_params = self._layer_params()
+
+        grads = {}
+        dstate0 = tuple(np.empty_like(s) for s in dstate_n)
+        d_out = dy
+        for k in reversed(range(self.num_layers)):
+            x, s0, y, saved = cache.layers[k]
+            ds_n = tuple(s[k] for s in dstate_n)
+            d_out, ds0, layer_grads = self._layer_backward(
+                x, s0, y, saved, layer_params[k], cache.lengths, d_out, ds_n)
+            for whole, part in zip(dstate0, ds0):
+                whole[k] = part
+            for name, g in layer_grads.items():
+                if g is not None:
+                    grads[f"{name}_l{k}"] = g
+        grads = {name: grads[name] for name in self.params}  # the order of params
+        return d_out, self._pack_state(dstate0), grads
+
+    # -- what a cell supplies ---------------------------------------------------------------
+
+    def _layer_forward(self, x, state0, p, lengths):
+        """One layer: returns (y, final state tuple, saved tuple)."""
+        raise NotImplementedError
+
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
+        """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        extra = "" if self.bias else ", bias=False"
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
+                f"num_layers={self.num_layers}{self._repr_extra()}{extra}, "
+                f"dtype=np.{self.dtype.name}, backend={self.backend!r})")
+
+    def _repr_extra(self):
+        return ""

@@ -1,0 +1,10 @@
+"""The NumPy reference: every cell's forward and backward, written to be read.
+
+Each function takes and returns exactly what its twin in ``rnnfast._core`` does, so a model
+built with ``backend="numpy"`` runs on these instead of the compiled path. The tests hold the
+compiled path to these results, and these to finite differences.
+"""
+
+from .rnn import rnn_backward, rnn_forward
+
+__all__ = ["rnn_forward", "rnn_backward"]

@@ -1,0 +1,74 @@
+"""NumPy reference of one vanilla RNN layer: the ground truth the C++ path is tested against.
+
+    h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),   f = tanh or relu
+
+Shapes: x (B, T, D), h0 (B, H), weight_ih (H, D), weight_hh (H, H), biases (H,) or None,
+lengths (B,) integers or None. Written for clarity, one timestep at a time; the functions take
+and return exactly what ``rnnfast._core.rnn_forward`` / ``rnn_backward`` do.
+"""
+
+import numpy as np
+
+
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity):
+    """Run one layer over the sequence.
+
+    Returns ``(y, h_n)``: y (B, T, H) the outputs, zero past each sequence's length, and
+    h_n (B, H) the state after each sequence's last valid step.
+    """
+    B, T, _ = x.shape
+    H = weight_hh.shape[0]
+    f = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
+    y = np.zeros((B, T, H), dtype=x.dtype)
+    h = h0.copy()
+    for t in range(T):
+        a = x[:, t] @ weight_ih.T + h @ weight_hh.T  # pre-activation
+        if bias_ih is not None:
+            a = a + bias_ih + bias_hh
+        h_new = f(a)
+        valid = _valid(lengths, B, t)
+        h = np.where(valid, h_new, h)  # a finished sequence keeps its state
+        y[:, t] = np.where(valid, h_new, 0)  # ... and outputs zeros
+    return y, h
+
+
+def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                 dy, dh_n):
+    """Backpropagate through time, from t = T-1 down to 0.
+
+    ``y`` is what ``rnn_forward`` returned; ``dy`` (B, T, H) and ``dh_n`` (B, H) are the
+    gradients of the loss with respect to the outputs and the final state.
+    Returns ``(dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias gradients are
+    None when the layer has no bias.
+    """
+    B, T, _ = x.shape
+    dx = np.zeros_like(x)
+    dweight_ih = np.zeros_like(weight_ih)
+    dweight_hh = np.zeros_like(weight_hh)
+    dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
+    dh = dh_n.copy()  # dL/dh_t, carried backwards in time
+    for t in reversed(range(T)):
+        valid = _valid(lengths, B, t)
+        h_t = y[:, t]
+        h_prev = y[:, t - 1] if t > 0 else h0  # on a valid step the previous one was valid too
+        dh_total = dh + dy[:, t]  # the state feeds both the loss at t and the step t+1
+        if nonlinearity == "tanh":
+            da = (1 - h_t * h_t) * dh_total  # backprop through tanh
+        else:
+            da = (h_t > 0) * dh_total  # backprop through relu
+        da = np.where(valid, da, 0)  # a finished sequence gets no gradient here
+        dweight_ih += da.T @ x[:, t]
+        dweight_hh += da.T @ h_prev
+        dbias += da.sum(axis=0)
+        dx[:, t] = da @ weight_ih
+        dh = np.where(valid, da @ weight_hh, dh)  # a frozen state passes its gradient through
+    if bias_ih is None:
+        return dx, dh, dweight_ih, dweight_hh, None, None
+    return dx, dh, dweight_ih, dweight_hh, dbias, dbias.copy()
+
+
+def _valid(lengths, B, t):
+    """(B, 1) mask of the sequences still running at step t."""
+    if lengths is None:
+        return np.ones((B, 1), dtype=bool)
+    return (t < lengths)[:, None]

@@ -1,0 +1,86 @@
+"""The vanilla (Elman) RNN."""
+
+import numpy as np
+
+from . import _core, reference
+from ._recurrent import Recurrent
+
+
+class RNN(Recurrent):
+    """A stack of vanilla RNN layers, trained by backpropagation through time.
+
+    ``h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)`` with f = tanh or relu; layer k's
+    input is layer k-1's output sequence. Names, shapes and initialisation are PyTorch's
+    (``torch.nn.RNN`` with ``batch_first=True``), so weights move between the two as they are.
+
+    Parameters
+    ----------
+    input_size : int
+        D, the features of each input step.
+    hidden_size : int
+        H, the units of each layer.
+    num_layers : int, default 1
+    nonlinearity : {"tanh", "relu"}, default "tanh"
+    bias : bool, default True
+        Whether the layers have ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    dtype : numpy.float32 or numpy.float64, default float32
+        Of the parameters and all computation; inputs of another floating dtype are converted.
+    seed : int or None
+        Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)); the same seed gives the same
+        weights in float32 and float64.
+    backend : {"cpp", "numpy"}, default "cpp"
+        "cpp" runs the compiled time loops; "numpy" the reference implementation
+        (``rnnfast.reference``), slow and readable, with the same results.
+    check_finite : bool, default True
+        Raise ValueError when x, a state or dy holds NaN or Inf. The check is one pass over
+        the array; switch it off only when the inputs are known to be finite.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``weight_ih_l{k}`` (H, D_k), ``weight_hh_l{k}`` (H, H), ``bias_ih_l{k}`` (H,),
+        ``bias_hh_l{k}`` (H,): the live arrays, which optimisers update in place.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnfast
+    >>> model = rnnfast.RNN(3, 8, num_layers=2, seed=0)
+    >>> x = np.ones((4, 10, 3), dtype=np.float32)
+    >>> y, h, cache = model.forward(x)
+    >>> y.shape, h.shape
+    ((4, 10, 8), (2, 4, 8))
+    >>> dx, dh0, grads = model.backward(cache, np.ones_like(y))
+    >>> grads["weight_hh_l1"].shape
+    (8, 8)
+    """
+
+    gates = 1
+    state_parts = 1
+    saved_per_step = 0  # backward works from the outputs alone
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
+                 dtype=np.float32, seed=None, backend="cpp", check_finite=True):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.nonlinearity = nonlinearity
+        super().__init__(input_size, hidden_size, num_layers, bias, dtype, seed, backend,
+                         check_finite)
+        impl = _core if backend == "cpp" else reference
+        self._forward_fn, self._backward_fn = impl.rnn_forward, impl.rnn_backward
+
+    def _layer_forward(self, x, state0, p, lengths):
+        (h0,) = state0
+        y, h_n = self._forward_fn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"],
+                                  p["bias_hh"], lengths, self.nonlinearity)
+        return y, (h_n,), ()
+
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
+        (h0,), (dh_n,) = state0, dstate_n
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._backward_fn(
+            x, h0, y, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], lengths,
+            self.nonlinearity, dy, dh_n)
+        return dx, (dh0,), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
+                            "bias_hh": db_hh}
+
+    def _repr_extra(self):
+        return f", nonlinearity={self.nonlinearity!r}"

@@ -1,0 +1,105 @@
+"""The compiled path against the NumPy reference, tensor by tensor.
+
+float64: relative error <= 1e-10 against the float64 reference.
+float32: relative error <= 1e-4 against the float64 reference run on the same (float32) weights
+and inputs.
+"""
+
+import numpy as np
+import pytest
+
+from support import CELLS, as_parts, cast_state, make, random_lengths, record, rel_err, \
+    run_step, state_like
+
+# (B, T, D, H, L, lengths, bias)
+CONFIGS = [
+    (1, 1, 1, 1, 1, "none", True),
+    (1, 7, 1, 3, 1, "none", True),
+    (3, 1, 4, 1, 1, "full", True),
+    (2, 5, 3, 4, 1, "partial", True),
+    (4, 9, 5, 6, 2, "none", True),
+    (5, 8, 3, 7, 3, "partial", True),
+    (3, 6, 2, 5, 2, "partial", False),
+    (1, 30, 8, 16, 2, "none", True),
+    (16, 12, 10, 32, 1, "partial", True),
+]
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+def _data(model, B, T, D, lengths_mode, seed):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, D))
+    state = state_like(model, B, rng)
+    lengths = random_lengths(rng, B, T, lengths_mode)
+    dy = rng.standard_normal((B, T, model.hidden_size))
+    dstate = state_like(model, B, rng, scale=1.0)
+    return x, state, lengths, dy, dstate
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", CONFIGS, ids=lambda c: "B{}T{}D{}H{}L{}-{}-bias{}".format(*c))
+@pytest.mark.parametrize("cell", CELLS)
+def test_compiled_matches_reference(cell, config, dtype):
+    B, T, D, H, L, lengths_mode, bias = config
+    fast = make(cell, D, H, L, dtype=dtype, backend="cpp", seed=1, bias=bias)
+    ref = make(cell, D, H, L, dtype=np.float64, backend="numpy", seed=1, bias=bias)
+    for name, p in fast.params.items():  # the very same weights, whatever the dtype
+        ref.params[name][...] = p
+    x, state, lengths, dy, dstate = _data(fast, B, T, D, lengths_mode, seed=CONFIGS.index(config))
+    # Both see the same values: rounded to the fast model's dtype first.
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    state, dstate = cast_state(state, dtype), cast_state(dstate, dtype)
+
+    got = run_step(fast, x, state, lengths, dy, dstate)
+    want = run_step(ref, x.astype(np.float64), cast_state(state, np.float64), lengths,
+                    dy.astype(np.float64), cast_state(dstate, np.float64))
+    assert got.keys() == want.keys()
+    errors = {k: rel_err(got[k], want[k]) for k in want}
+    for k, err in errors.items():
+        record(f"parity {cell} {k.split('_l')[0]}", dtype, err)
+        assert got[k].dtype == dtype, k
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL[dtype], f"worst: {worst} rel err {errors[worst]:.3e}"
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_lengths_equal_to_running_each_sequence_alone(cell):
+    """Packed-sequence semantics: a padded batch gives what each sequence gives by itself."""
+    rng = np.random.default_rng(5)
+    B, T, D, H, L = 4, 7, 3, 5, 2
+    model = make(cell, D, H, L, seed=2)
+    x = rng.standard_normal((B, T, D))
+    state = state_like(model, B, rng)
+    lengths = np.array([7, 3, 0, 5])
+    y, state_n, _ = model.forward(x, state, lengths)
+    for b, n in enumerate(lengths):
+        alone_state = cast_state(tuple(p[:, b:b + 1] for p in as_parts(state)), np.float64)
+        y_b, s_b = model(x[b:b + 1, :n], alone_state)
+        np.testing.assert_allclose(y[b, :n], y_b[0], rtol=1e-12, atol=1e-12)
+        assert not y[b, n:].any(), "outputs past the length must be zero"
+        for whole, alone in zip(as_parts(state_n), as_parts(s_b)):
+            np.testing.assert_allclose(whole[:, b], alone[:, 0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+@pytest.mark.parametrize("cell", CELLS)
+def test_padding_gets_no_gradient_and_changes_nothing(cell, backend):
+    rng = np.random.default_rng(6)
+    B, T, D, H = 3, 6, 2, 4
+    model = make(cell, D, H, 2, seed=3, backend=backend)
+    x = rng.standard_normal((B, T, D))
+    lengths = np.array([6, 2, 4])
+    dy = rng.standard_normal((B, T, H))
+    base = run_step(model, x, None, lengths, dy, None)
+    x2, dy2 = x.copy(), dy.copy()
+    for b, n in enumerate(lengths):
+        x2[b, n:] = 100.0  # padding values must not matter
+        dy2[b, n:] = -7.0  # nor gradients sent to padded outputs
+    moved = run_step(model, x2, None, lengths, dy2, None)
+    for k in base:
+        if k == "dx":
+            for b, n in enumerate(lengths):
+                np.testing.assert_array_equal(moved[k][b, :n], base[k][b, :n])
+                assert not moved[k][b, n:].any()
+        else:
+            np.testing.assert_allclose(moved[k], base[k], rtol=1e-13, atol=1e-13, err_msg=k)
