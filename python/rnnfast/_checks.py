@@ -16,8 +16,8 @@ def shape_str(shape):
     return str(tuple(int(s) for s in shape))
 
 
-def as_float_array(a, name, dtype, ndim):
-    """``a`` as a C-contiguous array of ``dtype`` with ``ndim`` dimensions, or a clear error."""
+def check_float_array(a, name, dtype, ndim):
+    """Raise unless ``a`` is a NumPy array of a real floating dtype with ``ndim`` dimensions."""
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray, got {type(a).__name__}; "
@@ -28,6 +28,11 @@ def as_float_array(a, name, dtype, ndim):
             f"{np.dtype(dtype).name}), got {a.dtype}")
     if a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {shape_str(a.shape)}")
+
+
+def as_float_array(a, name, dtype, ndim):
+    """``a`` checked, then as a C-contiguous array of ``dtype`` (a copy only when needed)."""
+    check_float_array(a, name, dtype, ndim)
     return np.ascontiguousarray(a, dtype=dtype)
 
 
@@ -44,7 +49,11 @@ def check_finite(a, name):
     One pass with no temporary: a sum is finite unless an element is non-finite or the sum
     overflows, and only in that rare case is every element looked at.
     """
-    if a.size and not np.isfinite(a.sum()) and not np.isfinite(a).all():
+    if a.size == 0:
+        return
+    with np.errstate(over="ignore", invalid="ignore"):
+        total = a.sum()
+    if not np.isfinite(total) and not np.isfinite(a).all():
         bad = np.argwhere(~np.isfinite(a))
         raise ValueError(
             f"{name} contains {len(bad)} non-finite value(s) (NaN or Inf), the first at index "

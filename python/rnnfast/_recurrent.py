@@ -174,21 +174,23 @@ class Recurrent:
 
         B = 0 or T = 0 are allowed: y is empty, and with T = 0 the state is returned unchanged.
         """
-        x = _checks.as_float_array(x, "x", self.dtype, 3)
+        _checks.check_float_array(x, "x", self.dtype, 3)
         B, T, D = x.shape
         if D != self.input_size:
             raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
                              f"{self.input_size}, got {_checks.shape_str(x.shape)}")
+        # Before anything is allocated, converting x included.
+        _checks.check_allocation(
+            B * T * (D + self.num_layers * self.hidden_size * (1 + self.saved_per_step))
+            * self.dtype.itemsize,
+            f"forward over B={B}, T={T} with hidden_size={self.hidden_size}, "
+            f"num_layers={self.num_layers}")
+        x = np.ascontiguousarray(x, dtype=self.dtype)
         if self.check_finite:
             _checks.check_finite(x, "x")
         lengths = _checks.as_lengths(lengths, B, T)
         state0 = self._state_parts(state, B, "state")
         layer_params = self._layer_params()
-        _checks.check_allocation(
-            B * T * self.num_layers * self.hidden_size * (1 + self.saved_per_step)
-            * self.dtype.itemsize,
-            f"forward over B={B}, T={T} with hidden_size={self.hidden_size}, "
-            f"num_layers={self.num_layers}")
 
         final = tuple(np.empty_like(s) for s in state0)
         layers = []
