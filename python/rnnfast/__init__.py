@@ -7,8 +7,10 @@ against.
 
 __version__ = "0.1.0"
 
-from . import reference
+from . import clip, losses, optim, reference
 from ._recurrent import ForwardCache
+from .linear import Linear
 from .rnn import RNN
 
-__all__ = ["RNN", "ForwardCache", "reference", "__version__"]
+__all__ = ["RNN", "Linear", "ForwardCache", "clip", "losses", "optim", "reference",
+           "__version__"]

@@ -17,7 +17,8 @@ def shape_str(shape):
 
 
 def check_float_array(a, name, dtype, ndim):
-    """Raise unless ``a`` is a NumPy array of a real floating dtype with ``ndim`` dimensions."""
+    """Raise unless ``a`` is a NumPy array of a real floating dtype with ``ndim`` dimensions
+    (any number from 1 up when ``ndim`` is None)."""
     if not isinstance(a, np.ndarray):
         raise TypeError(
             f"{name} must be a numpy.ndarray, got {type(a).__name__}; "
@@ -26,7 +27,9 @@ def check_float_array(a, name, dtype, ndim):
         raise TypeError(
             f"{name} must have a real floating dtype (it is converted to the model's "
             f"{np.dtype(dtype).name}), got {a.dtype}")
-    if a.ndim != ndim:
+    if ndim is None and a.ndim == 0:
+        raise ValueError(f"{name} must have at least 1 dimension, got a 0-D array")
+    if ndim is not None and a.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-D, got {a.ndim}-D with shape {shape_str(a.shape)}")
 
 
