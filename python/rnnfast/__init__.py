@@ -7,10 +7,12 @@ against.
 
 __version__ = "0.1.0"
 
-from . import clip, losses, optim, reference
+from . import clip, init, losses, optim, reference, train
 from ._recurrent import ForwardCache
 from .linear import Linear
+from .model import Model
 from .rnn import RNN
+from .train import evaluate, fit, train_sequence
 
-__all__ = ["RNN", "Linear", "ForwardCache", "clip", "losses", "optim", "reference",
-           "__version__"]
+__all__ = ["RNN", "Linear", "Model", "ForwardCache", "fit", "evaluate", "train_sequence",
+           "clip", "init", "losses", "optim", "reference", "train", "__version__"]

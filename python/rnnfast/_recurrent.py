@@ -266,6 +266,16 @@ class Recurrent:
         """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients)."""
         raise NotImplementedError
 
+    def config(self):
+        """The constructor's arguments (JSON-friendly), enough to build the same model."""
+        return {"class": type(self).__name__, "input_size": self.input_size,
+                "hidden_size": self.hidden_size, "num_layers": self.num_layers,
+                "bias": self.bias, "dtype": self.dtype.name, "backend": self.backend,
+                "check_finite": self.check_finite, **self._config_extra()}
+
+    def _config_extra(self):
+        return {}
+
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "

@@ -104,6 +104,12 @@ class Linear:
             grads["bias"] = dy2.sum(axis=0)
         return dy @ weight, grads
 
+    def config(self):
+        """The constructor's arguments (JSON-friendly), enough to build the same read-out."""
+        return {"class": "Linear", "in_features": self.in_features,
+                "out_features": self.out_features, "bias": self.bias, "dtype": self.dtype.name,
+                "check_finite": self.check_finite}
+
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
         return f"Linear({self.in_features}, {self.out_features}{extra}, dtype=np.{self.dtype.name})"

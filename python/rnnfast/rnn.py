@@ -82,5 +82,8 @@ class RNN(Recurrent):
         return dx, (dh0,), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
                             "bias_hh": db_hh}
 
+    def _config_extra(self):
+        return {"nonlinearity": self.nonlinearity}
+
     def _repr_extra(self):
         return f", nonlinearity={self.nonlinearity!r}"

@@ -1,0 +1,327 @@
+"""The training loop: full and truncated BPTT, clipping, validation, early stopping.
+
+``train_sequence`` trains on one batch of sequences with BPTT(k1, k2); ``fit`` runs epochs of
+those over a data set, with a progress bar and a history.
+
+Truncated BPTT(k1, k2), k2 >= k1 (Williams & Peng 1990): the state is carried forward through
+the sequence; every k1 steps, the model runs forward over the last k2 steps from the state
+stored at their beginning, the loss is taken on the last k1 outputs only, the gradient flows
+back through all k2 steps, and the parameters are updated. No gradient crosses a window's
+start. k1 = k2 = k is the common chunked form; k1 = k2 = T is full BPTT.
+"""
+
+import math
+import time
+
+import numpy as np
+
+from . import _checks, clip, losses
+
+LOSSES = ("cross_entropy", "mse", "cross_entropy_last", "mse_last")
+
+
+class NonFiniteError(FloatingPointError):
+    """A loss or gradient was NaN or infinite and ``on_nonfinite="stop"`` was asked for."""
+
+
+def sequence_loss(kind, logits, targets, lengths=None, reduction="mean"):
+    """The loss named ``kind`` and its gradient with respect to ``logits`` (B, T, C).
+
+    ``"cross_entropy"`` and ``"mse"`` count every valid step; ``"cross_entropy_last"`` and
+    ``"mse_last"`` (many-to-one) only each sequence's last valid step, with targets (B,) or
+    (B, C) for the MSE.
+    """
+    if kind == "cross_entropy":
+        return losses.cross_entropy(logits, targets, reduction=reduction, lengths=lengths)
+    if kind == "mse":
+        return losses.mse(logits, targets, reduction=reduction, lengths=lengths)
+    if kind in ("cross_entropy_last", "mse_last"):
+        last = losses.last_step(logits, lengths)
+        fn = losses.cross_entropy if kind == "cross_entropy_last" else losses.mse
+        loss, dlast = fn(last, targets, reduction=reduction)
+        return loss, losses.last_step_backward(dlast, lengths, logits.shape[1])
+    raise ValueError(f"loss must be one of {LOSSES}, got {kind!r}")
+
+
+def _window_lengths(lengths, start, stop):
+    return None if lengths is None else np.clip(lengths - start, 0, stop - start)
+
+
+def _all_finite(grads):
+    return all(np.isfinite(g).all() for g in grads.values())
+
+
+def _add_grads(total, grads):
+    if total is None:
+        return grads
+    for k, g in grads.items():
+        total[k] += g
+    return total
+
+
+def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
+                   loss="cross_entropy", k1=None, k2=None, clip_norm=None, clip_value=None,
+                   on_nonfinite="skip", backward_options=None):
+    """Train on one batch of sequences with BPTT(k1, k2); returns a dict of what happened.
+
+    Parameters
+    ----------
+    model : Model
+        Or anything with ``forward``/``backward``/``params`` like it.
+    optimizer : an ``rnnfast.optim`` optimiser over ``model.params``
+    x : ndarray (B, T, D)
+    targets : per-step targets (B, T) for cross-entropy, (B, T, C) for MSE; for the
+        many-to-one losses (B,) or (B, C).
+    lengths : (B,) ints, optional
+    state : the initial state, optional (zeros)
+    loss : one of ``LOSSES``
+    k1, k2 : int, optional
+        Truncation: update every k1 steps, backpropagating through k2 >= k1 steps. Both
+        default to T (full BPTT); k2 defaults to k1.
+    clip_norm, clip_value : float, optional
+        Clip the parameter gradients by global L2 norm, then by value, before each update.
+    on_nonfinite : {"skip", "stop"}
+        When a window's loss or gradient is NaN or Inf: skip its update (the parameters are
+        left as they were, the carried state restarts from zeros) or raise NonFiniteError.
+    backward_options : dict, optional
+        Passed to the model's ``backward`` (e.g. per-step clipping).
+
+    Returns
+    -------
+    dict with ``loss`` (mean over the windows that updated), ``state`` (after the last step),
+    ``updates``, ``skipped``, ``grad_norm`` (the last update's norm before clipping).
+    """
+    if on_nonfinite not in ("skip", "stop"):
+        raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {on_nonfinite!r}")
+    if not isinstance(x, np.ndarray) or x.ndim != 3:
+        _checks.check_float_array(x, "x", model.dtype, 3)
+    B, T = x.shape[:2]
+    lengths = _checks.as_lengths(lengths, B, T)
+    k1 = T if k1 is None else _checks.positive_int(k1, "k1")
+    k2 = k1 if k2 is None else _checks.positive_int(k2, "k2")
+    if k2 < k1:
+        raise ValueError(f"k2 must be >= k1 = {k1}, got {k2}")
+    truncated = k1 < T
+    if truncated and loss.endswith("_last"):
+        raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) needs a per-step loss, got "
+                         f"{loss!r}: use k1=None for a many-to-one loss")
+    options = backward_options or {}
+
+    window_state = state  # the state at the current window's start
+    total, updates, skipped, grad_norm = 0.0, 0, 0, float("nan")
+    end = 0
+    while end < T:
+        prev_end, end = end, min(end + k1, T)
+        start = max(0, end - k2)
+        next_start = max(0, min(end + k1, T) - k2)  # where the next window will start
+        cut = next_start if start < next_start < end else None
+        pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
+
+        # Forward over the window, in one piece or two so the next window's start state is kept.
+        caches, outs, s, cut_state = [], [], window_state, None
+        for a, b in pieces:
+            out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
+            caches.append(cache)
+            outs.append(out)
+            if b == cut:
+                cut_state = s
+        final_state = s
+        logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+        # The loss on the new outputs only: steps [prev_end, end) of the sequence.
+        new = slice(prev_end - start, end - start)
+        win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
+        value, dnew = sequence_loss(loss, logits[:, new], win_targets,
+                                    _window_lengths(lengths, prev_end, end))
+        dlogits = np.zeros_like(logits)
+        dlogits[:, new] = dnew
+
+        # Backward through every piece, the later one first, chaining the state's gradient.
+        grads, dstate, offset = None, None, logits.shape[1]
+        for (a, b), cache in reversed(list(zip(pieces, caches))):
+            offset -= b - a
+            _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
+                                          **options)
+            grads = _add_grads(grads, g)
+
+        if math.isfinite(value) and _all_finite(grads):
+            if clip_norm is not None:
+                grad_norm = clip.clip_grad_norm(grads, clip_norm)
+            else:
+                grad_norm = clip.global_norm(grads)
+            if clip_value is not None:
+                clip.clip_grad_value(grads, clip_value)
+            optimizer.step(grads)
+            total += value
+            updates += 1
+        else:
+            if on_nonfinite == "stop":
+                raise NonFiniteError(
+                    f"non-finite loss or gradient in the window of steps [{start}, {end}) "
+                    f"(loss = {value}); the parameters were left as they were. Lower the "
+                    f"learning rate, clip gradients (clip_norm=...), or pass "
+                    f"on_nonfinite='skip'")
+            skipped += 1
+            window_state = final_state = cut_state = None  # restart from zeros, not from NaN
+        if next_start == end:
+            window_state = final_state
+        elif cut is not None:
+            window_state = cut_state
+        # else the next window starts where this one did, from the same state
+    return {"loss": total / updates if updates else float("nan"), "state": final_state,
+            "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
+
+
+def _batches(data, batch_size, rng):
+    """Yield (x, targets, lengths) batches: from arrays, shuffled by ``rng``, or as given."""
+    if isinstance(data, tuple) and data and isinstance(data[0], np.ndarray):
+        x, targets, lengths = (data + (None,))[:3]
+        N = x.shape[0]
+        order = rng.permutation(N) if rng is not None else np.arange(N)
+        for i in range(0, N, batch_size):
+            idx = np.sort(order[i:i + batch_size]) if rng is None else order[i:i + batch_size]
+            yield x[idx], targets[idx], None if lengths is None else np.asarray(lengths)[idx]
+        return
+    for batch in data:
+        if not isinstance(batch, tuple) or len(batch) not in (2, 3):
+            raise TypeError("each batch must be a tuple (x, targets) or (x, targets, lengths), "
+                            f"got {type(batch).__name__}")
+        yield (batch + (None,))[:3]
+
+
+def _check_data(data, name):
+    if isinstance(data, tuple) and data and isinstance(data[0], np.ndarray):
+        if len(data) not in (2, 3):
+            raise ValueError(f"{name} must be (x, targets) or (x, targets, lengths), got a "
+                             f"tuple of {len(data)}")
+        n = data[0].shape[0]
+        for part, label in zip(data[1:], ("targets", "lengths")):
+            if part is not None and len(part) != n:
+                raise ValueError(f"{name}: {label} must have {n} rows like x, got {len(part)}")
+        return
+    if isinstance(data, (np.ndarray, str, bytes)) or not hasattr(data, "__iter__"):
+        raise TypeError(f"{name} must be a tuple of arrays (x, targets[, lengths]) or an "
+                        f"iterable of such batches, got {type(data).__name__}")
+
+
+def evaluate(model, data, loss="cross_entropy", batch_size=256):
+    """Mean loss over ``data`` (and accuracy for the cross-entropy losses), inference only."""
+    _check_data(data, "data")
+    total, weight, correct, counted = 0.0, 0, 0, 0
+    for x, targets, lengths in _batches(data, batch_size, None):
+        logits, _ = model(x, None, lengths)
+        value, _ = sequence_loss(loss, logits, targets, lengths)
+        total += value * len(x)
+        weight += len(x)
+        if loss.startswith("cross_entropy"):
+            if loss.endswith("_last"):
+                pred, want = losses.last_step(logits, lengths).argmax(-1), np.asarray(targets)
+                mask = np.ones(len(want), bool)
+            else:
+                pred, want = logits.argmax(-1), np.asarray(targets)
+                mask = want != -100
+                if lengths is not None:
+                    mask &= np.arange(want.shape[1])[None] < np.asarray(lengths)[:, None]
+            correct += int(((pred == want) & mask).sum())
+            counted += int(mask.sum())
+    out = {"loss": total / weight if weight else float("nan")}
+    if counted:
+        out["accuracy"] = correct / counted
+    return out
+
+
+def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy", k1=None,
+        k2=None, clip_norm=None, clip_value=None, shuffle=True, seed=0, validation=None,
+        patience=None, callbacks=(), progress=True, on_nonfinite="skip", schedule=None,
+        initial_epoch=0, backward_options=None):
+    """Train ``model`` for ``epochs`` passes over ``data``; returns the history.
+
+    Parameters
+    ----------
+    data : (x, targets) or (x, targets, lengths) arrays, split into batches of ``batch_size``
+        rows (shuffled each epoch when ``shuffle``); or an iterable of such batches, used as
+        it comes (re-iterated every epoch, so pass a list or a re-iterable object).
+    seed : int
+        Seeds the shuffling of each epoch (from ``seed`` and the epoch's number, so a run
+        resumed at ``initial_epoch`` shuffles as the uninterrupted run did). The same seed
+        gives bit-identical runs.
+    validation : like ``data``, optional
+        Evaluated after every epoch (loss, and accuracy for cross-entropy).
+    patience : int, optional
+        Early stopping: stop after ``patience`` epochs without a better validation loss, and
+        put back the parameters of the best epoch.
+    callbacks : callables ``f(epoch, logs)``
+        Called after every epoch with that epoch's record; returning True stops training.
+    schedule : an ``rnnfast.optim`` schedule, optional; stepped after every epoch.
+    progress : bool
+        A tqdm bar per epoch with the loss, throughput (timesteps/s) and ETA.
+    The other arguments are ``train_sequence``'s.
+
+    Returns
+    -------
+    list of dicts, one per epoch: ``epoch``, ``loss``, ``updates``, ``skipped``, ``seconds``,
+    ``timesteps_per_second`` and, with validation, ``val_loss`` (``val_accuracy``).
+    """
+    _check_data(data, "data")
+    if validation is not None:
+        _check_data(validation, "validation")
+    epochs = _checks.positive_int(epochs, "epochs")
+    batch_size = _checks.positive_int(batch_size, "batch_size")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    history, best, best_params, waited = [], math.inf, None, 0
+    for epoch in range(initial_epoch, initial_epoch + epochs):
+        rng = np.random.default_rng([seed, epoch]) if shuffle else None
+        batches = _batches(data, batch_size, rng)
+        total = None
+        if isinstance(data, tuple):
+            total = math.ceil(len(data[0]) / batch_size)
+        bar = _progress(batches, total, f"epoch {epoch + 1}", progress)
+        start, steps, losses_seen, updates, skipped = time.perf_counter(), 0, [], 0, 0
+        for x, targets, lengths in bar:
+            out = train_sequence(model, optimizer, x, targets, lengths, loss=loss, k1=k1, k2=k2,
+                                 clip_norm=clip_norm, clip_value=clip_value,
+                                 on_nonfinite=on_nonfinite, backward_options=backward_options)
+            steps += x.shape[0] * x.shape[1]
+            updates += out["updates"]
+            skipped += out["skipped"]
+            if out["updates"]:
+                losses_seen.append(out["loss"])
+            if progress:
+                rate = steps / max(time.perf_counter() - start, 1e-9)
+                bar.set_postfix(loss=f"{out['loss']:.4f}", steps_per_s=f"{rate:.3g}",
+                                refresh=False)
+        seconds = time.perf_counter() - start
+        logs = {"epoch": epoch + 1, "loss": float(np.mean(losses_seen)) if losses_seen else
+                float("nan"), "updates": updates, "skipped": skipped, "seconds": seconds,
+                "timesteps_per_second": steps / seconds if seconds > 0 else float("nan")}
+        if skipped:
+            print(f"epoch {epoch + 1}: skipped {skipped} update(s) with a non-finite loss or "
+                  f"gradient; the parameters were kept as they were")
+        if validation is not None:
+            logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss).items()})
+        if schedule is not None:
+            schedule.step()
+        history.append(logs)
+        stop = any(cb(epoch + 1, logs) is True for cb in callbacks)
+        if patience is not None and validation is not None:
+            if logs["val_loss"] < best:
+                best, waited = logs["val_loss"], 0
+                best_params = {k: v.copy() for k, v in model.params.items()}
+            else:
+                waited += 1
+                if waited >= patience:
+                    stop = True
+        if stop:
+            break
+    if best_params is not None and history[-1]["val_loss"] > best:
+        for k, v in best_params.items():
+            model.params[k][...] = v
+    return history
+
+
+def _progress(iterable, total, desc, enabled):
+    if not enabled:
+        return iterable
+    from tqdm.auto import tqdm
+    return tqdm(iterable, total=total, desc=desc, unit="batch", leave=True)
