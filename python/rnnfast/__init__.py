@@ -7,12 +7,14 @@ against.
 
 __version__ = "0.1.0"
 
-from . import clip, init, losses, optim, reference, train
+from . import checkpoint, clip, init, losses, optim, reference, train
 from ._recurrent import ForwardCache
 from .linear import Linear
 from .model import Model
 from .rnn import RNN
+from .checkpoint import load, save
 from .train import evaluate, fit, train_sequence
 
 __all__ = ["RNN", "Linear", "Model", "ForwardCache", "fit", "evaluate", "train_sequence",
-           "clip", "init", "losses", "optim", "reference", "train", "__version__"]
+           "save", "load", "checkpoint", "clip", "init", "losses", "optim", "reference", "train",
+           "__version__"]

@@ -1,0 +1,175 @@
+"""Checkpoints: a model, its optimiser's state and the training position, in one safe file.
+
+The file is a NumPy ``.npz`` archive read with ``allow_pickle=False``, so loading it never
+runs code from the file. It holds ``params/<name>`` for every parameter,
+``optim/<name>/<slot>`` for every optimiser state array, and ``__meta__``: UTF-8 JSON with the
+format version, the rnnfast version, the model's configuration, the names, shapes and dtypes
+of the arrays, the optimiser's hyperparameters, the step and epoch, and free metadata.
+
+Saving writes a temporary file beside the target, flushes it to disk, then renames it over
+the target: a crash mid-save leaves the previous checkpoint in place.
+"""
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "rnnfast-checkpoint"
+FORMAT_VERSION = 1
+
+
+class Checkpoint:
+    """What ``load`` returns.
+
+    Attributes
+    ----------
+    model : the rebuilt model with the saved parameters
+    optimizer_state : dict for ``optimizer.load_state_dict``, or None
+    schedule_state : dict for ``schedule.load_state_dict``, or None
+    step, epoch : int
+    metadata : dict
+    """
+
+    def __init__(self, model, optimizer_state, schedule_state, step, epoch, metadata):
+        self.model = model
+        self.optimizer_state = optimizer_state
+        self.schedule_state = schedule_state
+        self.step = step
+        self.epoch = epoch
+        self.metadata = metadata
+
+
+def build(config):
+    """A new model from the ``config()`` of an RNN, LSTM, GRU, Linear or Model."""
+    import rnnfast
+
+    if not isinstance(config, dict):
+        raise ValueError(f"a model configuration must be a dict, got {type(config).__name__}")
+    if "recurrent" in config and "readout" in config:
+        return rnnfast.Model(build(config["recurrent"]), build(config["readout"]))
+    args = dict(config)
+    name = args.pop("class", None)
+    cls = getattr(rnnfast, name, None) if isinstance(name, str) else None
+    if name not in ("RNN", "LSTM", "GRU", "Linear") or cls is None:
+        raise ValueError(f"unknown model class {name!r} in the configuration")
+    args["dtype"] = np.dtype(args["dtype"])
+    return cls(**args)
+
+
+def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadata=None):
+    """Write a checkpoint of ``model`` (and ``optimizer``, ``schedule``) to ``path``, atomically."""
+    import rnnfast
+
+    arrays = {f"params/{k}": np.ascontiguousarray(v) for k, v in model.params.items()}
+    optim_meta = None
+    if optimizer is not None:
+        sd = optimizer.state_dict()
+        for name, slots in sd["state"].items():
+            for slot, value in slots.items():
+                arrays[f"optim/{name}/{slot}"] = value
+        optim_meta = {k: sd[k] for k in ("type", "lr", "hyper", "step_count")}
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "rnnfast_version": rnnfast.__version__,
+        "model": model.config(), "step": int(step), "epoch": int(epoch),
+        "metadata": metadata or {}, "optimizer": optim_meta,
+        "schedule": schedule.state_dict() if schedule is not None else None,
+        "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
+    }
+    arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".rnnfast-", suffix=".tmp", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        pass
+
+
+def load(path):
+    """Read a checkpoint written by ``save``; every name, shape and dtype is checked.
+
+    Raises ValueError for a file that is not an rnnfast checkpoint, is truncated or corrupt,
+    has another format version, or whose arrays do not match its model.
+    """
+    path = os.fspath(path)
+    with open(path, "rb") as f:  # ours to close, whatever np.load makes of the bytes
+        try:
+            with np.load(f, allow_pickle=False) as archive:
+                arrays = {k: archive[k] for k in archive.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
+                             f"{type(e).__name__}: {e}") from None
+    meta = _read_meta(arrays, path)
+    described = meta.get("arrays", {})
+    for k, v in arrays.items():
+        if k == "__meta__":
+            continue
+        want = described.get(k)
+        if want is None or list(v.shape) != want["shape"] or v.dtype.str != want["dtype"]:
+            raise ValueError(f"{path}: array {k!r} ({v.dtype}, {v.shape}) does not match the "
+                             f"checkpoint's description {want}")
+    missing = sorted(set(described) - set(arrays))
+    if missing:
+        raise ValueError(f"{path}: arrays {missing} are described but missing")
+
+    try:
+        model = build(meta["model"])
+    except (TypeError, ValueError, KeyError) as e:
+        raise ValueError(f"{path}: its model configuration cannot be built: {e}") from None
+    params = model.params
+    saved = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
+    if saved.keys() != params.keys():
+        raise ValueError(f"{path}: parameter names {sorted(saved)} do not match the model's "
+                         f"{sorted(params)}")
+    for k, v in saved.items():
+        if v.shape != params[k].shape or v.dtype != params[k].dtype:
+            raise ValueError(f"{path}: parameter {k!r} is {v.dtype} {v.shape}, the model needs "
+                             f"{params[k].dtype} {params[k].shape}")
+        params[k][...] = v
+
+    optimizer_state = None
+    if meta.get("optimizer") is not None:
+        state = {name: {} for name in params}
+        for k, v in arrays.items():
+            if k.startswith("optim/"):
+                name, _, slot = k[len("optim/"):].rpartition("/")
+                if name not in state:
+                    raise ValueError(f"{path}: optimiser state for unknown parameter {name!r}")
+                state[name][slot] = v
+        optimizer_state = {**meta["optimizer"], "state": state}
+    return Checkpoint(model, optimizer_state, meta.get("schedule"), int(meta.get("step", 0)),
+                      int(meta.get("epoch", 0)), meta.get("metadata", {}))
+
+
+def _read_meta(arrays, path):
+    raw = arrays.get("__meta__")
+    if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
+        raise ValueError(f"{path} is not an rnnfast checkpoint: it has no metadata")
+    try:
+        meta = json.loads(raw.tobytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: its metadata is not valid JSON: {e}") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an rnnfast checkpoint")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format version {meta.get('format_version')!r}; "
+                         f"this rnnfast reads version {FORMAT_VERSION}")
+    return meta
