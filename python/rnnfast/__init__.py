@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 
 from . import reference
 from ._recurrent import ForwardCache
+from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["RNN", "ForwardCache", "reference", "__version__"]
+__all__ = ["RNN", "LSTM", "ForwardCache", "reference", "__version__"]
