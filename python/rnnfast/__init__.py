@@ -9,7 +9,8 @@ __version__ = "0.1.0"
 
 from . import reference
 from ._recurrent import ForwardCache
+from .gru import GRU
 from .lstm import LSTM
 from .rnn import RNN
 
-__all__ = ["RNN", "LSTM", "ForwardCache", "reference", "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "ForwardCache", "reference", "__version__"]
