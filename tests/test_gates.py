@@ -236,3 +236,27 @@ def test_empty_batch_or_sequence(cell, backend, shape):
         np.testing.assert_array_equal(a, b)
     for g in grads.values():
         assert not g.any()
+
+
+# -- the compiled functions called directly ---------------------------------------------------
+
+def test_core_checks_gated_shapes_itself():
+    from rnnfast import _core
+    B, T, D, H = 2, 3, 4, 5
+    x, h0 = np.zeros((B, T, D)), np.zeros((B, H))
+    lstm_w = (np.zeros((4 * H, D)), np.zeros((4 * H, H)))
+    gru_w = (np.zeros((3 * H, D)), np.zeros((3 * H, H)))
+    with pytest.raises(ValueError, match=r"c0 must have shape \(2, 5\), got \(3, 5\)"):
+        _core.lstm_forward(x, h0, np.zeros((3, H)), *lstm_w, None, None, None)
+    with pytest.raises(ValueError, match=r"weight_hh must have shape \(20, 5\), got \(15, 5\)"):
+        _core.lstm_forward(x, h0, h0, lstm_w[0], gru_w[1], None, None, None)
+    y, h_n, c_n, gates, c = _core.lstm_forward(x, h0, h0, *lstm_w, None, None, None)
+    with pytest.raises(ValueError, match=r"gates must have shape \(2, 3, 20\), got \(2, 3, 5\)"):
+        _core.lstm_backward(x, h0, h0, y, c, c, *lstm_w, None, None, None, y, h_n, c_n)
+    with pytest.raises(ValueError, match=r"lengths must lie in \[0, 3\], got 4"):
+        _core.gru_forward(x, h0, *gru_w, None, None, np.array([4, 1]))
+    y, h_n, gates, a_hn = _core.gru_forward(x, h0, *gru_w, None, None, None)
+    with pytest.raises(ValueError, match=r"a_hn must have shape \(2, 3, 5\), got \(2, 3, 15\)"):
+        _core.gru_backward(x, h0, y, gates, gates, *gru_w, None, None, None, y, h_n)
+    with pytest.raises(TypeError):  # float32 weights with float64 x: no overload, no copy
+        _core.gru_forward(x, h0, gru_w[0].astype(np.float32), gru_w[1], None, None, None)
