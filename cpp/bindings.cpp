@@ -13,6 +13,8 @@
 #include <vector>
 
 #include "common.hpp"
+#include "gru.hpp"
+#include "lstm.hpp"
 #include "rnn.hpp"
 
 namespace py = pybind11;
@@ -170,10 +172,197 @@ void def_rnn(py::module_& m) {
         "when the layer has none.");
 }
 
+template <typename T>
+py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
+                       const Array<T>& w_ih, const Array<T>& w_hh,
+                       const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                       const std::optional<Lengths>& lengths) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  expect_shape(c0, {d.B, d.H}, "c0");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  Array<T> y({d.B, d.T, d.H});
+  Array<T> h_n({d.B, d.H});
+  Array<T> c_n({d.B, d.H});
+  Array<T> gates({d.B, d.T, 4 * d.H});
+  Array<T> c({d.B, d.T, d.H});
+  T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *c_n_p = c_n.mutable_data(),
+    *gates_p = gates.mutable_data(), *c_p = c.mutable_data();
+  const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data();
+  {
+    py::gil_scoped_release release;
+    lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l, d);
+  }
+  return py::make_tuple(y, h_n, c_n, gates, c);
+}
+
+template <typename T>
+py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
+                        const Array<T>& y, const Array<T>& gates, const Array<T>& c,
+                        const Array<T>& w_ih, const Array<T>& w_hh,
+                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                        const std::optional<Lengths>& lengths, const Array<T>& dy,
+                        const Array<T>& dh_n, const Array<T>& dc_n) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  expect_shape(c0, {d.B, d.H}, "c0");
+  expect_shape(y, {d.B, d.T, d.H}, "y");
+  expect_shape(gates, {d.B, d.T, 4 * d.H}, "gates");
+  expect_shape(c, {d.B, d.T, d.H}, "c");
+  expect_shape(dy, {d.B, d.T, d.H}, "dy");
+  expect_shape(dh_n, {d.B, d.H}, "dh_n");
+  expect_shape(dc_n, {d.B, d.H}, "dc_n");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  const bool bias = b_ih.has_value();
+  const Index GH = 4 * d.H;
+
+  Array<T> dx({d.B, d.T, d.D});
+  Array<T> dh0({d.B, d.H});
+  Array<T> dc0({d.B, d.H});
+  Array<T> dw_ih({GH, d.D});
+  Array<T> dw_hh({GH, d.H});
+  Array<T> db_ih({bias ? GH : Index(0)});
+  Array<T> db_hh({bias ? GH : Index(0)});
+  std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
+  std::vector<T> steps(static_cast<size_t>(4 * d.B * d.H));  // the four (B, H) buffers
+
+  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
+                  MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
+                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
+  const Index BH = d.B * d.H;
+  const lstm::Workspace<T> ws{da.data(), steps.data(), steps.data() + BH, steps.data() + 2 * BH,
+                              steps.data() + 3 * BH};
+  T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
+  const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
+          *gates_p = gates.data(), *c_p = c.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data(),
+          *dc_n_p = dc_n.data();
+  {
+    py::gil_scoped_release release;
+    lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l, dy_p,
+                      dh_n_p, dc_n_p, ws, d);
+  }
+  py::object none = py::none();
+  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                        bias ? py::object(db_hh) : none);
+}
+
+template <typename T>
+void def_lstm(py::module_& m) {
+  m.def("lstm_forward", &lstm_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("c0").noconvert(), py::arg("weight_ih").noconvert(),
+        py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
+        py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
+        "One LSTM layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), c_n (B, H), "
+        "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward.");
+  m.def("lstm_backward", &lstm_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("c0").noconvert(), py::arg("y").noconvert(), py::arg("gates").noconvert(),
+        py::arg("c").noconvert(), py::arg("weight_ih").noconvert(),
+        py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
+        py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
+        py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
+        "Backpropagation through time for one LSTM layer. "
+        "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are "
+        "None when the layer has none.");
+}
+
+template <typename T>
+py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
+                      const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
+                      const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  Array<T> y({d.B, d.T, d.H});
+  Array<T> h_n({d.B, d.H});
+  Array<T> gates({d.B, d.T, 3 * d.H});
+  Array<T> a_hn({d.B, d.T, d.H});
+  std::vector<T> ah(static_cast<size_t>(d.B * 3 * d.H));
+  const gru::ForwardWorkspace<T> ws{ah.data()};
+  T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *gates_p = gates.mutable_data(),
+    *a_hn_p = a_hn.mutable_data();
+  const T *x_p = x.data(), *h0_p = h0.data();
+  {
+    py::gil_scoped_release release;
+    gru::forward<T>(y_p, h_n_p, gates_p, a_hn_p, x_p, h0_p, w, l, ws, d);
+  }
+  return py::make_tuple(y, h_n, gates, a_hn);
+}
+
+template <typename T>
+py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
+                       const Array<T>& gates, const Array<T>& a_hn, const Array<T>& w_ih,
+                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
+                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
+                       const Array<T>& dy, const Array<T>& dh_n) {
+  const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+  expect_shape(h0, {d.B, d.H}, "h0");
+  expect_shape(y, {d.B, d.T, d.H}, "y");
+  expect_shape(gates, {d.B, d.T, 3 * d.H}, "gates");
+  expect_shape(a_hn, {d.B, d.T, d.H}, "a_hn");
+  expect_shape(dy, {d.B, d.T, d.H}, "dy");
+  expect_shape(dh_n, {d.B, d.H}, "dh_n");
+  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
+  const auto* l = lengths_ptr(lengths, d.B, d.T);
+  const bool bias = b_ih.has_value();
+  const Index GH = 3 * d.H;
+
+  Array<T> dx({d.B, d.T, d.D});
+  Array<T> dh0({d.B, d.H});
+  Array<T> dw_ih({GH, d.D});
+  Array<T> dw_hh({GH, d.H});
+  Array<T> db_ih({bias ? GH : Index(0)});
+  Array<T> db_hh({bias ? GH : Index(0)});
+  std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
+  std::vector<T> dah(static_cast<size_t>(d.B * GH));
+  std::vector<T> steps(static_cast<size_t>(2 * d.B * d.H));  // dh_total, dh_prev
+
+  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
+                  MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
+                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
+  const gru::Workspace<T> ws{da.data(), dah.data(), steps.data(), steps.data() + d.B * d.H};
+  T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data();
+  const T *x_p = x.data(), *h0_p = h0.data(), *y_p = y.data(), *gates_p = gates.data(),
+          *a_hn_p = a_hn.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data();
+  {
+    py::gil_scoped_release release;
+    gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p, ws, d);
+  }
+  py::object none = py::none();
+  return py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                        bias ? py::object(db_hh) : none);
+}
+
+template <typename T>
+void def_gru(py::module_& m) {
+  m.def("gru_forward", &gru_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
+        py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
+        py::arg("lengths").noconvert().none(true),
+        "One GRU layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), "
+        "gates (B, T, 3H), a_hn (B, T, H)); gates (activated r, z, n) and a_hn "
+        "(W_hn h_{t-1} + b_hn) are for backward.");
+  m.def("gru_backward", &gru_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
+        py::arg("y").noconvert(), py::arg("gates").noconvert(), py::arg("a_hn").noconvert(),
+        py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
+        py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
+        py::arg("lengths").noconvert().none(true), py::arg("dy").noconvert(),
+        py::arg("dh_n").noconvert(),
+        "Backpropagation through time for one GRU layer. "
+        "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
+        "when the layer has none.");
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnfast's compiled time loops (private: use the rnnfast package)";
   def_rnn<float>(m);
   def_rnn<double>(m);
+  def_lstm<float>(m);
+  def_lstm<double>(m);
+  def_gru<float>(m);
+  def_gru<double>(m);
 }

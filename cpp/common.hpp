@@ -8,6 +8,7 @@
 
 #include <Eigen/Core>
 #include <cstdint>
+#include <type_traits>
 
 namespace rnnfast {
 
@@ -65,6 +66,14 @@ struct LayerGrads {
   T* db_ih;            // (G*H,), nullptr when the layer has no bias
   T* db_hh;            // (G*H,), nullptr when the layer has no bias
 };
+
+// σ(a) = (1 + tanh(a/2)) / 2, in place. Equal to 1 / (1 + exp(-a)), but no intermediate can
+// overflow, so a saturated gate is exactly 0 or 1 and never inf or NaN, in float32 too.
+template <typename Block>
+void sigmoid_in_place(Block&& a) {
+  using T = typename std::decay_t<Block>::Scalar;
+  a = (T(0.5) * (T(0.5) * a.array()).tanh() + T(0.5)).matrix();
+}
 
 // a = x W_ih^T + b_ih + b_hh for every (b, t) at once: one product before the loop.
 // a: (B*T, G*H), x: (B*T, D).

@@ -8,6 +8,8 @@ import rnnfast
 CELLS = {
     "rnn_tanh": (rnnfast.RNN, {"nonlinearity": "tanh"}),
     "rnn_relu": (rnnfast.RNN, {"nonlinearity": "relu"}),
+    "lstm": (rnnfast.LSTM, {}),
+    "gru": (rnnfast.GRU, {}),
 }
 
 # Worst errors seen, by (check, dtype), printed at the end of the run (see conftest.py).

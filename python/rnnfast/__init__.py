@@ -9,12 +9,14 @@ __version__ = "0.1.0"
 
 from . import checkpoint, clip, init, losses, optim, reference, train
 from ._recurrent import ForwardCache
+from .checkpoint import load, save
+from .gru import GRU
 from .linear import Linear
+from .lstm import LSTM
 from .model import Model
 from .rnn import RNN
-from .checkpoint import load, save
 from .train import evaluate, fit, train_sequence
 
-__all__ = ["RNN", "Linear", "Model", "ForwardCache", "fit", "evaluate", "train_sequence",
-           "save", "load", "checkpoint", "clip", "init", "losses", "optim", "reference", "train",
-           "__version__"]
+__all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "evaluate",
+           "train_sequence", "save", "load", "checkpoint", "clip", "init", "losses", "optim",
+           "reference", "train", "__version__"]

@@ -5,6 +5,9 @@ built with ``backend="numpy"`` runs on these instead of the compiled path. The t
 compiled path to these results, and these to finite differences.
 """
 
+from .gru import gru_backward, gru_forward
+from .lstm import lstm_backward, lstm_forward
 from .rnn import rnn_backward, rnn_forward
 
-__all__ = ["rnn_forward", "rnn_backward"]
+__all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
+           "gru_backward"]

@@ -1,0 +1,149 @@
+// GRU layer, forward and backward through time. Gate order is PyTorch's: r, z, n.
+//   r = σ(W_ir x_t + b_ir + W_hr h_{t-1} + b_hr)
+//   z = σ(W_iz x_t + b_iz + W_hz h_{t-1} + b_hz)
+//   a_hn = W_hn h_{t-1} + b_hn
+//   n = tanh(W_in x_t + b_in + r ⊙ a_hn)
+//   h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
+// Letters as in common.hpp; G = 3.
+//
+// The reset gate multiplies W_hn h + b_hn (PyTorch's and cuDNN's variant), not h before W_hn
+// (Cho et al. 2014). So b_hn cannot join the input projection as the other biases do, and the
+// gradient of the recurrent pre-activation differs from that of the input one in its n part:
+// d(a_hn) = r ⊙ d(a_in), where a_in = W_in x_t + b_in.
+//
+// Backward needs x, h0, y and, per step, the activated r, z, n and a_hn: 4 floats per
+// (b, t, unit) beyond y. h_{t-1} is y at t-1 (valid steps are a prefix, so the step before a
+// valid one is valid too). Past a sequence's length the saved values are zero.
+#pragma once
+
+#include "common.hpp"
+
+namespace rnnfast::gru {
+
+// a = x W_ih^T + b_ih, plus b_hh for r and z only: b_hn sits inside r ⊙ (W_hn h + b_hn).
+// a: (B*T, 3H), x: (B*T, D).
+template <typename T>
+void project_input(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>& w, Index H) {
+  a.noalias() = x * w.w_ih.transpose();
+  if (w.b_ih != nullptr) {
+    a.rowwise() += ConstRowVectorMap<T>(w.b_ih, 3 * H);
+    a.leftCols(2 * H).rowwise() += ConstRowVectorMap<T>(w.b_hh, 2 * H);
+  }
+}
+
+template <typename T>
+struct ForwardWorkspace {  // forward's buffer, sized once per call before the loop
+  T* ah;                   // (B, 3H): h_{t-1} W_hh^T, the recurrent terms of all three gates
+};
+
+template <typename T>
+struct Workspace {  // backward's buffers, sized once per call before the loop
+  T* da;            // (B, T, 3H): gradient of the input-side pre-activations a_r, a_z, a_in
+  T* dah;           // (B, 3H): gradient of the recurrent pre-activation at the current step
+  T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
+  T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+};
+
+// Outputs: y (B, T, H), h_n (B, H), gates (B, T, 3H) the activated r, z, n, a_hn (B, T, H).
+// Inputs: x (B, T, D), h0 (B, H).
+template <typename T>
+void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const LayerWeights<T>& w,
+             const std::int64_t* lengths, const ForwardWorkspace<T>& ws, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  // gates starts as the input side of the pre-activations, for all steps at once; the loop
+  // adds the recurrent side and activates in place.
+  project_input<T>(MatrixMap<T>(gates, B * T_, 3 * H), ConstMatrixMap<T>(x, B * T_, d.D), w, H);
+  MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
+  h = ConstMatrixMap<T>(h0, B, H);
+  MatrixMap<T> ah(ws.ah, B, 3 * H);
+  for (Index t = 0; t < T_; ++t) {
+    auto a = at_step(gates, B, T_, 3 * H, t);  // (B, 3H)
+    auto a_hn_t = at_step(a_hn, B, T_, H, t);
+    auto h_t = at_step(y, B, T_, H, t);
+    ah.noalias() = h * w.w_hh.transpose();  // all three gates in one product
+    a.leftCols(2 * H) += ah.leftCols(2 * H);
+    sigmoid_in_place(a.leftCols(2 * H));  // r, z
+    a_hn_t = ah.rightCols(H);
+    if (w.b_hh != nullptr) a_hn_t.rowwise() += ConstRowVectorMap<T>(w.b_hh + 2 * H, H);
+    const auto r = a.leftCols(H), z = a.middleCols(H, H);
+    auto n = a.rightCols(H);
+    n = (n.array() + r.array() * a_hn_t.array()).tanh().matrix();
+    h_t = (T(1) - z.array()) * n.array() + z.array() * h.array();
+    if (lengths == nullptr) {
+      h = h_t;
+      continue;
+    }
+    // A finished sequence keeps its state and outputs zeros.
+    for (Index b = 0; b < B; ++b) {
+      if (is_valid(lengths, b, t)) {
+        h.row(b) = h_t.row(b);
+      } else {
+        h_t.row(b).setZero();
+        a.row(b).setZero();
+        a_hn_t.row(b).setZero();
+      }
+    }
+  }
+}
+
+// Outputs: dx (B, T, D), dh0 (B, H), g. Inputs: the forward's x, h0, y, gates, a_hn;
+// dy (B, T, H); dh_n (B, H), the gradient reaching the final state.
+template <typename T>
+void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+              const T* gates, const T* a_hn, const LayerWeights<T>& w,
+              const std::int64_t* lengths, const T* dy, const T* dh_n, const Workspace<T>& ws,
+              const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
+  dh = ConstMatrixMap<T>(dh_n, B, H);
+  MatrixMap<T> dah(ws.dah, B, 3 * H), dh_total(ws.dh_total, B, H), dh_prev(ws.dh_prev, B, H);
+  for (Index t = T_ - 1; t >= 0; --t) {
+    const auto gt = at_step(gates, B, T_, 3 * H, t);
+    const auto r = gt.leftCols(H), z = gt.middleCols(H, H), n = gt.rightCols(H);
+    const auto a_hn_t = at_step(a_hn, B, T_, H, t);
+    const auto h_prev = t > 0 ? at_step(y, B, T_, H, t - 1)
+                              : ConstStepMap<T>(h0, B, H, Eigen::OuterStride<>(H));
+    auto da = at_step(ws.da, B, T_, 3 * H, t);
+    dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
+    // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(a_in + r ⊙ a_hn): backprop into n, then
+    // through tanh (written from its output); this is d(a_in).
+    auto da_n = da.rightCols(H);
+    da_n = dh_total.array() * (T(1) - z.array()) * (T(1) - n.array().square());
+    // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, z = σ(a_z): backprop into z, then through σ.
+    da.middleCols(H, H) =
+        dh_total.array() * (h_prev.array() - n.array()) * z.array() * (T(1) - z.array());
+    // n = tanh(a_in + r ⊙ a_hn), r = σ(a_r): backprop into r, then through σ.
+    da.leftCols(H) = da_n.array() * a_hn_t.array() * r.array() * (T(1) - r.array());
+    if (lengths != nullptr) {  // a finished sequence gets no gradient at t
+      for (Index b = 0; b < B; ++b)
+        if (!is_valid(lengths, b, t)) da.row(b).setZero();
+    }
+    // r and z see h_{t-1} W_hh^T as they see the input side; n sees it through r ⊙ a_hn.
+    dah.leftCols(2 * H) = da.leftCols(2 * H);
+    dah.rightCols(H) = r.cwiseProduct(da_n);
+    // [a_r a_z a_hn] = ... + h_{t-1} W_hh^T and h_t = ... + z ⊙ h_{t-1}
+    //   =>  dh_{t-1} = dah_t W_hh + dh_t ⊙ z
+    if (lengths == nullptr) {
+      dh.noalias() = dah * w.w_hh;
+      dh += dh_total.cwiseProduct(z);
+      continue;
+    }
+    dh_prev.noalias() = dah * w.w_hh;
+    dh_prev += dh_total.cwiseProduct(z);
+    for (Index b = 0; b < B; ++b)  // a frozen state passes its gradient through unchanged
+      if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
+  }
+  MatrixMap<T> da_all(ws.da, B * T_, 3 * H);
+  MatrixMap<T> dx_all(dx, B * T_, d.D);
+  input_projection_backward<T>(dx_all, g, ConstMatrixMap<T>(ws.da, B * T_, 3 * H),
+                               ConstMatrixMap<T>(x, B * T_, d.D), w);
+  // The input side is done with da: turn it into the recurrent side's gradient for all steps
+  // at once, the same product as dah's in the loop: d(a_hn) = r ⊙ d(a_in).
+  const ConstMatrixMap<T> gates_all(gates, B * T_, 3 * H);
+  da_all.rightCols(H) = da_all.rightCols(H).cwiseProduct(gates_all.leftCols(H));
+  // b_hh enters with the recurrent side.
+  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 3 * H) = da_all.colwise().sum();
+  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 3 * H);
+}
+
+}  // namespace rnnfast::gru

@@ -1,0 +1,131 @@
+// LSTM layer, forward and backward through time. Gate order is PyTorch's: i, f, g, o.
+//   [a_i a_f a_g a_o] = W_ih x_t + b_ih + W_hh h_{t-1} + b_hh
+//   i, f, g, o = σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
+//   c_t = f ⊙ c_{t-1} + i ⊙ g
+//   h_t = o ⊙ tanh(c_t)
+// Letters as in common.hpp; G = 4.
+//
+// Backward needs x, h0, c0, y and, per step, the activated gates and c_t: 5 floats per
+// (b, t, unit) beyond y. h_{t-1} is y at t-1 and c_{t-1} is c at t-1 (valid steps are a
+// prefix, so the step before a valid one is valid too); tanh(c_t) is cheaper to recompute than
+// to keep. Past a sequence's length the saved gates and c are zero.
+#pragma once
+
+#include "common.hpp"
+
+namespace rnnfast::lstm {
+
+template <typename T>
+struct Workspace {  // backward's buffers, sized once per call before the loop
+  T* da;            // (B, T, 4H): gradient of the pre-activations a_t
+  T* tanh_c;        // (B, H): tanh(c_t) at the current step
+  T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
+  T* dc_total;      // (B, H): dL/dc_t from both h_t and c_{t+1}
+  T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+};
+
+// Outputs: y (B, T, H), h_n (B, H), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
+// c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
+template <typename T>
+void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
+             const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  // gates starts as a_t without its recurrent term, for all steps at once; the loop adds that
+  // term and activates in place, so the pre-activations never need a buffer of their own.
+  input_projection<T>(MatrixMap<T>(gates, B * T_, 4 * H), ConstMatrixMap<T>(x, B * T_, d.D), w);
+  MatrixMap<T> h(h_n, B, H);       // the running states; after the loop they are h_n and c_n
+  MatrixMap<T> c_run(c_n, B, H);
+  h = ConstMatrixMap<T>(h0, B, H);
+  c_run = ConstMatrixMap<T>(c0, B, H);
+  for (Index t = 0; t < T_; ++t) {
+    auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
+    a.noalias() += h * w.w_hh.transpose();      // all four gates in one product
+    sigmoid_in_place(a.leftCols(2 * H));        // i, f
+    a.middleCols(2 * H, H) = a.middleCols(2 * H, H).array().tanh().matrix();  // g
+    sigmoid_in_place(a.rightCols(H));           // o
+    const auto i = a.leftCols(H), f = a.middleCols(H, H), g = a.middleCols(2 * H, H),
+               o = a.rightCols(H);
+    auto c_t = at_step(c, B, T_, H, t);
+    auto h_t = at_step(y, B, T_, H, t);
+    c_t = f.cwiseProduct(c_run) + i.cwiseProduct(g);
+    h_t = o.array() * c_t.array().tanh();
+    if (lengths == nullptr) {
+      h = h_t;
+      c_run = c_t;
+      continue;
+    }
+    // A finished sequence keeps both states and outputs zeros.
+    for (Index b = 0; b < B; ++b) {
+      if (is_valid(lengths, b, t)) {
+        h.row(b) = h_t.row(b);
+        c_run.row(b) = c_t.row(b);
+      } else {
+        h_t.row(b).setZero();
+        c_t.row(b).setZero();
+        a.row(b).setZero();
+      }
+    }
+  }
+}
+
+// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g. Inputs: the forward's x, h0, c0, y, gates,
+// c; dy (B, T, H); dh_n, dc_n (B, H), the gradients reaching the final states.
+template <typename T>
+void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
+              const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
+              const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
+              const Workspace<T>& ws, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H;
+  MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
+  MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
+  dh = ConstMatrixMap<T>(dh_n, B, H);
+  dc = ConstMatrixMap<T>(dc_n, B, H);
+  MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
+      dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
+  for (Index t = T_ - 1; t >= 0; --t) {
+    const auto gt = at_step(gates, B, T_, 4 * H, t);
+    const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
+               o = gt.rightCols(H);
+    const auto c_t = at_step(c, B, T_, H, t);
+    const auto c_prev = t > 0 ? at_step(c, B, T_, H, t - 1)
+                              : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
+    auto da = at_step(ws.da, B, T_, 4 * H, t);
+    tanh_c = c_t.array().tanh().matrix();
+    dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
+    // h_t = o ⊙ tanh(c_t): backprop into c_t (written from tanh's output), added to what
+    // c_{t+1} sends back.
+    dc_total = dc.array() + dh_total.array() * o.array() * (T(1) - tanh_c.array().square());
+    // h_t = o ⊙ tanh(c_t), o = σ(a_o): backprop into o, then through σ.
+    da.rightCols(H) = dh_total.array() * tanh_c.array() * o.array() * (T(1) - o.array());
+    // c_t = f ⊙ c_{t-1} + i ⊙ g: backprop into i, f, g, then through σ, σ, tanh.
+    da.leftCols(H) = dc_total.array() * g_.array() * i.array() * (T(1) - i.array());
+    da.middleCols(H, H) =
+        dc_total.array() * c_prev.array() * f.array() * (T(1) - f.array());
+    da.middleCols(2 * H, H) = dc_total.array() * i.array() * (T(1) - g_.array().square());
+    if (lengths == nullptr) {
+      // c_t = f ⊙ c_{t-1} + i ⊙ g  =>  dc_{t-1} = dc_t ⊙ f
+      dc = dc_total.cwiseProduct(f);
+      // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
+      dh.noalias() = da * w.w_hh;
+      continue;
+    }
+    // A finished sequence gets no gradient at t, and dh, dc pass its frozen states unchanged.
+    for (Index b = 0; b < B; ++b)
+      if (!is_valid(lengths, b, t)) da.row(b).setZero();
+    dh_prev.noalias() = da * w.w_hh;
+    for (Index b = 0; b < B; ++b) {
+      if (is_valid(lengths, b, t)) {
+        dh.row(b) = dh_prev.row(b);
+        dc.row(b) = dc_total.row(b).cwiseProduct(f.row(b));
+      }
+    }
+  }
+  ConstMatrixMap<T> da_all(ws.da, B * T_, 4 * H);
+  MatrixMap<T> dx_all(dx, B * T_, d.D);
+  input_projection_backward<T>(dx_all, g, da_all, ConstMatrixMap<T>(x, B * T_, d.D), w);
+  // b_hh enters a_t exactly as b_ih does.
+  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 4 * H) = RowVectorMap<T>(g.db_ih, 4 * H);
+  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 4 * H);
+}
+
+}  // namespace rnnfast::lstm

@@ -1,0 +1,90 @@
+"""The long short-term memory network (LSTM)."""
+
+import numpy as np
+
+from . import _core, reference
+from ._recurrent import Recurrent
+
+
+class LSTM(Recurrent):
+    """A stack of LSTM layers, trained by backpropagation through time.
+
+    ``i, f, g, o = σ, σ, tanh, σ of (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh)``, split in that
+    order; ``c_t = f ⊙ c_{t-1} + i ⊙ g``; ``h_t = o ⊙ tanh(c_t)``. Layer k's input is layer
+    k-1's output sequence. Names, shapes, gate order and initialisation are PyTorch's
+    (``torch.nn.LSTM`` with ``batch_first=True``), so weights move between the two as they are.
+
+    Parameters
+    ----------
+    input_size : int
+        D, the features of each input step.
+    hidden_size : int
+        H, the units of each layer.
+    num_layers : int, default 1
+    bias : bool, default True
+        Whether the layers have ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    dtype : numpy.float32 or numpy.float64, default float32
+        Of the parameters and all computation; inputs of another floating dtype are converted.
+    seed : int or None
+        Seeds the initialisation U(-1/sqrt(H), 1/sqrt(H)); the same seed gives the same
+        weights in float32 and float64.
+    backend : {"cpp", "numpy"}, default "cpp"
+        "cpp" runs the compiled time loops; "numpy" the reference implementation
+        (``rnnfast.reference``), slow and readable, with the same results.
+    check_finite : bool, default True
+        Raise ValueError when x, a state or dy holds NaN or Inf.
+
+    Attributes
+    ----------
+    params : dict of str to ndarray
+        ``weight_ih_l{k}`` (4H, D_k), ``weight_hh_l{k}`` (4H, H), ``bias_ih_l{k}`` (4H,),
+        ``bias_hh_l{k}`` (4H,), rows in the gate order i, f, g, o: the live arrays, which
+        optimisers update in place.
+
+    Notes
+    -----
+    The state is the tuple ``(h, c)``, each (num_layers, B, H); so are ``dstate`` and the
+    gradient with respect to the initial state.
+
+    Memory: per layer, the forward cache keeps the outputs y and, for backward, the activated
+    gates and c_t at every step, 1 + 5 = 6 values per (b, t, unit): 24 bytes per (B, T, H) in
+    float32, 48 in float64 (plus layer 0's input x). tanh(c_t) is recomputed in backward rather
+    than kept.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnfast
+    >>> model = rnnfast.LSTM(3, 8, num_layers=2, seed=0)
+    >>> x = np.ones((4, 10, 3), dtype=np.float32)
+    >>> y, (h, c), cache = model.forward(x)
+    >>> y.shape, h.shape, c.shape
+    ((4, 10, 8), (2, 4, 8), (2, 4, 8))
+    >>> dx, (dh0, dc0), grads = model.backward(cache, np.ones_like(y))
+    >>> grads["weight_hh_l1"].shape
+    (32, 8)
+    """
+
+    gates = 4
+    state_parts = 2
+    saved_per_step = 5  # the activated i, f, g, o and c_t
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, dtype=np.float32,
+                 seed=None, backend="cpp", check_finite=True):
+        super().__init__(input_size, hidden_size, num_layers, bias, dtype, seed, backend,
+                         check_finite)
+        impl = _core if backend == "cpp" else reference
+        self._forward_fn, self._backward_fn = impl.lstm_forward, impl.lstm_backward
+
+    def _layer_forward(self, x, state0, p, lengths):
+        h0, c0 = state0
+        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, p["weight_ih"], p["weight_hh"],
+                                                 p["bias_ih"], p["bias_hh"], lengths)
+        return y, (h_n, c_n), (gates, c)
+
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
+        (h0, c0), (gates, c), (dh_n, dc_n) = state0, saved, dstate_n
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = self._backward_fn(
+            x, h0, c0, y, gates, c, p["weight_ih"], p["weight_hh"], p["bias_ih"],
+            p["bias_hh"], lengths, dy, dh_n, dc_n)
+        return dx, (dh0, dc0), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
+                                "bias_hh": db_hh}

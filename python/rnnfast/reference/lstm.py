@@ -1,0 +1,99 @@
+"""NumPy reference of one LSTM layer: the ground truth the C++ path is tested against.
+
+    i, f, g, o = σ, σ, tanh, σ of (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), split in that order
+    c_t = f ⊙ c_{t-1} + i ⊙ g
+    h_t = o ⊙ tanh(c_t)
+
+Shapes: x (B, T, D), h0 and c0 (B, H), weight_ih (4H, D), weight_hh (4H, H), biases (4H,) or
+None, lengths (B,) integers or None. Gate order is PyTorch's (i, f, g, o). Written for clarity,
+one timestep at a time; the functions take and return exactly what
+``rnnfast._core.lstm_forward`` / ``lstm_backward`` do.
+"""
+
+import numpy as np
+
+from .rnn import _valid
+
+
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+    """Run one layer over the sequence.
+
+    Returns ``(y, h_n, c_n, gates, c)``: y (B, T, H) the outputs, zero past each sequence's
+    length; h_n, c_n (B, H) the states after each sequence's last valid step; and what backward
+    needs: gates (B, T, 4H), the activated i, f, g, o, and c (B, T, H), the cell state after
+    every step (both zero past each sequence's length).
+    """
+    B, T, _ = x.shape
+    H = weight_hh.shape[1]
+    y = np.zeros((B, T, H), dtype=x.dtype)
+    gates = np.zeros((B, T, 4 * H), dtype=x.dtype)
+    c_all = np.zeros((B, T, H), dtype=x.dtype)
+    h, c = h0.copy(), c0.copy()
+    for t in range(T):
+        a = x[:, t] @ weight_ih.T + h @ weight_hh.T  # pre-activations of all four gates
+        if bias_ih is not None:
+            a = a + bias_ih + bias_hh
+        a_i, a_f, a_g, a_o = np.split(a, 4, axis=1)  # PyTorch's gate order
+        i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
+        c_new = f * c + i * g
+        h_new = o * np.tanh(c_new)
+        valid = _valid(lengths, B, t)
+        h = np.where(valid, h_new, h)  # a finished sequence keeps both states
+        c = np.where(valid, c_new, c)
+        y[:, t] = np.where(valid, h_new, 0)  # ... and outputs zeros
+        gates[:, t] = np.where(valid, np.concatenate([i, f, g, o], axis=1), 0)
+        c_all[:, t] = np.where(valid, c_new, 0)
+    return y, h, c, gates, c_all
+
+
+def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
+                  dy, dh_n, dc_n):
+    """Backpropagate through time, from t = T-1 down to 0.
+
+    ``y``, ``gates`` and ``c`` are what ``lstm_forward`` returned; ``dy`` (B, T, H), ``dh_n``
+    and ``dc_n`` (B, H) are the gradients of the loss with respect to the outputs and the final
+    states. Returns ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias
+    gradients are None when the layer has no bias.
+    """
+    B, T, _ = x.shape
+    dx = np.zeros_like(x)
+    dweight_ih = np.zeros_like(weight_ih)
+    dweight_hh = np.zeros_like(weight_hh)
+    dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
+    dh, dc = dh_n.copy(), dc_n.copy()  # dL/dh_t and dL/dc_t, carried backwards in time
+    for t in reversed(range(T)):
+        valid = _valid(lengths, B, t)
+        i, f, g, o = np.split(gates[:, t], 4, axis=1)
+        # on a valid step the previous one was valid too, so its saved h and c are the states
+        h_prev = y[:, t - 1] if t > 0 else h0
+        c_prev = c[:, t - 1] if t > 0 else c0
+        tanh_c = np.tanh(c[:, t])
+        dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
+        # h_t = o * tanh(c_t)
+        do = dh_total * tanh_c
+        dc_total = dc + dh_total * o * (1 - tanh_c * tanh_c)  # c_t feeds h_t and c_{t+1}
+        # c_t = f * c_{t-1} + i * g
+        di = dc_total * g
+        df = dc_total * c_prev
+        dg = dc_total * i
+        # i, f, g, o = σ(a_i), σ(a_f), tanh(a_g), σ(a_o): backprop through each, from outputs
+        da = np.concatenate([di * i * (1 - i), df * f * (1 - f), dg * (1 - g * g),
+                             do * o * (1 - o)], axis=1)
+        da = np.where(valid, da, 0)  # a finished sequence gets no gradient here
+        # a = x_t W_ih^T + h_{t-1} W_hh^T + b_ih + b_hh
+        dweight_ih += da.T @ x[:, t]
+        dweight_hh += da.T @ h_prev
+        dbias += da.sum(axis=0)
+        dx[:, t] = da @ weight_ih
+        # frozen states pass their gradients through unchanged
+        dh = np.where(valid, da @ weight_hh, dh)
+        dc = np.where(valid, dc_total * f, dc)
+    if bias_ih is None:
+        return dx, dh, dc, dweight_ih, dweight_hh, None, None
+    return dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy()
+
+
+def _sigmoid(a):
+    """σ(a) = (1 + tanh(a/2)) / 2: the same function as 1 / (1 + exp(-a)), but exp cannot
+    overflow, so saturated gates are exactly 0 or 1 even in float32."""
+    return 0.5 * (1 + np.tanh(0.5 * a))
