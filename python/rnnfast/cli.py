@@ -1,0 +1,80 @@
+"""The ``rnnfast`` command (also ``python -m rnnfast``)."""
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def _train(args):
+    from . import charlm
+
+    if args.text:
+        with open(args.text, encoding="utf-8", errors="replace") as f:
+            text = f.read()
+    else:
+        text = charlm.default_text()
+    if args.max_chars:
+        text = text[:args.max_chars]
+    if args.resume and not args.checkpoint:
+        raise SystemExit("rnnfast train: --resume needs --checkpoint PATH")
+    charlm.train(
+        text, cell=args.cell, hidden=args.hidden, layers=args.layers, batch=args.batch,
+        k1=args.k1, k2=args.k2, optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm,
+        clip_value=args.clip_value, epochs=args.epochs, seed=args.seed,
+        dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
+        sample_length=args.sample_length, temperature=args.temperature,
+        progress=not args.no_progress)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="rnnfast", description="Fast CPU training of recurrent networks.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser(
+        "train", help="train a character-level language model and print samples",
+        description="Train a character-level language model with truncated BPTT and print "
+                    "samples after every epoch. Without --text it learns the text of "
+                    "Python's help topics (pydoc_data, ~465 KB, shipped with CPython).")
+    t.add_argument("--text", metavar="FILE", help="a UTF-8 text file to learn")
+    t.add_argument("--max-chars", type=int, default=0, help="use only the first N characters")
+    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
+    t.add_argument("--hidden", type=int, default=128, help="hidden units per layer")
+    t.add_argument("--layers", type=int, default=1)
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
+    t.add_argument("--batch", type=int, default=32, help="parallel streams of text")
+    t.add_argument("--k1", type=int, default=50, help="update every k1 characters")
+    t.add_argument("--k2", type=int, default=None,
+                   help="backpropagate through k2 >= k1 characters (default k1)")
+    t.add_argument("--optimizer", choices=["sgd", "adagrad", "rmsprop", "adam", "adamw"],
+                   default="adam")
+    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--clip-norm", type=float, default=5.0,
+                   help="clip gradients by global norm (0: off)")
+    t.add_argument("--clip-value", type=float, default=None, help="clip gradients by value")
+    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--checkpoint", metavar="PATH",
+                   help="save model and optimiser here after every epoch")
+    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    t.add_argument("--sample-length", type=int, default=300)
+    t.add_argument("--temperature", type=float, default=0.8)
+    t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.set_defaults(func=_train)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if getattr(args, "clip_norm", None) == 0:
+        args.clip_norm = None
+    try:
+        args.func(args)
+    except (ValueError, TypeError, OSError) as e:
+        print(f"rnnfast {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
