@@ -23,7 +23,7 @@ def main():
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--train", type=int, default=10000, help="training sequences")
     parser.add_argument("--epochs", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=3e-3)
+    parser.add_argument("--lr", type=float, default=5e-3)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     args = parser.parse_args()
@@ -33,6 +33,8 @@ def main():
     cell = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}[args.cell]
     model = rnnfast.Model(cell(2, args.hidden, seed=args.seed),
                           rnnfast.Linear(args.hidden, 1, seed=args.seed + 1))
+    if args.cell == "lstm":  # start by remembering (Jozefowicz et al. 2015)
+        rnnfast.init.forget_bias(model.recurrent, 1.0)
     opt = rnnfast.optim.Adam(model.params, lr=args.lr)
     print(f"{model}\nadding problem, T = {args.T}: predicting the mean scores MSE "
           f"{ADDING_BASELINE_MSE:.3f}")

@@ -11,6 +11,7 @@ from . import checkpoint, clip, init, losses, optim, reference, train
 from ._recurrent import ForwardCache
 from .checkpoint import load, save
 from .gru import GRU
+from .interop import from_torch
 from .linear import Linear
 from .lstm import LSTM
 from .model import Model
@@ -18,5 +19,5 @@ from .rnn import RNN
 from .train import evaluate, fit, train_sequence
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "evaluate",
-           "train_sequence", "save", "load", "checkpoint", "clip", "init", "losses", "optim",
-           "reference", "train", "__version__"]
+           "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "init",
+           "losses", "optim", "reference", "train", "__version__"]

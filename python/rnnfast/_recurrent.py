@@ -266,6 +266,13 @@ class Recurrent:
         """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients)."""
         raise NotImplementedError
 
+    def to_torch(self):
+        """The equivalent ``torch.nn.RNN``, ``LSTM`` or ``GRU`` (``batch_first=True``), same
+        dtype, weights copied (not shared). Needs PyTorch; see ``rnnfast.from_torch``."""
+        from . import interop
+
+        return interop.recurrent_to_torch(self)
+
     def config(self):
         """The constructor's arguments (JSON-friendly), enough to build the same model."""
         return {"class": type(self).__name__, "input_size": self.input_size,

@@ -104,6 +104,20 @@ class Linear:
             grads["bias"] = dy2.sum(axis=0)
         return dy @ weight, grads
 
+    def to_torch(self):
+        """The equivalent ``torch.nn.Linear``, same dtype, weights copied (not shared)."""
+        from . import interop
+
+        return interop.linear_to_torch(self)
+
+    @classmethod
+    def from_torch(cls, module):
+        """A ``Linear`` with the weights of a ``torch.nn.Linear`` (copied), in its dtype
+        (float32 or float64)."""
+        from . import interop
+
+        return interop.linear_from_torch(module)
+
     def config(self):
         """The constructor's arguments (JSON-friendly), enough to build the same read-out."""
         return {"class": "Linear", "in_features": self.in_features,
