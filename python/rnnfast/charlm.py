@@ -134,8 +134,8 @@ def bits(nats):
     return nats / math.log(2)
 
 
-def train(text, *, cell="lstm", hidden=128, layers=1, batch=32, k1=50, k2=None,
-          optimizer="adam", lr=2e-3, clip_norm=5.0, clip_value=None, epochs=1, seed=0,
+def train(text, *, cell="lstm", hidden=128, layers=1, batch=16, k1=32, k2=None,
+          optimizer="adam", lr=3e-3, clip_norm=5.0, clip_value=None, epochs=2, seed=0,
           dtype=np.float32, checkpoint_path=None, resume=False, sample_length=300,
           temperature=0.8, valid_fraction=0.05, progress=True, log=print):
     """Train a character model on ``text``; returns (model, vocabulary, history)."""

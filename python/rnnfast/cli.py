@@ -43,17 +43,17 @@ def build_parser():
     t.add_argument("--hidden", type=int, default=128, help="hidden units per layer")
     t.add_argument("--layers", type=int, default=1)
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--batch", type=int, default=32, help="parallel streams of text")
-    t.add_argument("--k1", type=int, default=50, help="update every k1 characters")
+    t.add_argument("--batch", type=int, default=16, help="parallel streams of text")
+    t.add_argument("--k1", type=int, default=32, help="update every k1 characters")
     t.add_argument("--k2", type=int, default=None,
                    help="backpropagate through k2 >= k1 characters (default k1)")
     t.add_argument("--optimizer", choices=["sgd", "adagrad", "rmsprop", "adam", "adamw"],
                    default="adam")
-    t.add_argument("--lr", type=float, default=2e-3)
+    t.add_argument("--lr", type=float, default=3e-3)
     t.add_argument("--clip-norm", type=float, default=5.0,
                    help="clip gradients by global norm (0: off)")
     t.add_argument("--clip-value", type=float, default=None, help="clip gradients by value")
-    t.add_argument("--epochs", type=int, default=1)
+    t.add_argument("--epochs", type=int, default=2)
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--checkpoint", metavar="PATH",
                    help="save model and optimiser here after every epoch")
