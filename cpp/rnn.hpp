@@ -48,12 +48,14 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), g. Inputs: the forward's x, h0, y; dy (B, T, H);
-// dh_n (B, H), the gradient reaching the final state.
+// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
+// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
+// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
-              const T* dh_n, const Workspace<T>& ws, const Dims& d) {
+              const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
+              const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
@@ -62,11 +64,14 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     auto da = at_step(ws.da, B, T_, H, t);
     const auto h_t = at_step(y, B, T_, H, t);
     const auto dy_t = at_step(dy, B, T_, H, t);
+    // h_t feeds both the loss at t and step t+1; da holds that total dL/dh_t for a moment.
+    da = dh + dy_t;
+    if (opt.active()) clip_rows_and_norms(da, opt, lengths, t, T_);
     // h_t = f(a_t): backprop through f, written from the output.
     if (f == Activation::Tanh)
-      da = (dh + dy_t).array() * (T(1) - h_t.array().square());
+      da.array() *= T(1) - h_t.array().square();
     else
-      da = (dh + dy_t).array() * (h_t.array() > T(0)).template cast<T>();
+      da.array() *= (h_t.array() > T(0)).template cast<T>();
     if (lengths == nullptr) {
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
       dh.noalias() = da * w.w_hh;
