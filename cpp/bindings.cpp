@@ -6,6 +6,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <cmath>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -25,6 +26,12 @@ using Array = py::array_t<T, py::array::c_style>;
 using Lengths = py::array_t<std::int64_t, py::array::c_style>;
 
 namespace {
+
+#define STEP_OPTIONS_DOC                                                                      \
+  "clip_per_step > 0 rescales each sequence's dL/dh_t (from the loss at t and from step t+1) " \
+  "to that norm inside the loop whenever it is larger; 0 or negative is off. With "            \
+  "grad_norms=True a last item is appended: norms (B, T), each sequence's ||dL/dh_t|| before " \
+  "clipping, 0 past its length."
 
 std::string shape_str(const std::vector<py::ssize_t>& s) {
   std::ostringstream os;
@@ -90,6 +97,28 @@ rnn::Activation activation(const std::string& name) {
   throw std::invalid_argument("nonlinearity must be 'tanh' or 'relu', got '" + name + "'");
 }
 
+// backward's per-step options. clip_per_step > 0 clips, 0 or negative is off; NaN or Inf is
+// refused. With grad_norms, norms (B, T) is allocated here and the caller returns it last.
+template <typename T>
+StepOptions<T> step_options(double clip_per_step, bool grad_norms, Array<T>& norms) {
+  if (!std::isfinite(clip_per_step))
+    throw std::invalid_argument("clip_per_step must be finite (0 or negative for off), got " +
+                                std::to_string(clip_per_step));
+  StepOptions<T> opt;
+  opt.clip = clip_per_step > 0 ? T(clip_per_step) : T(0);
+  if (grad_norms) opt.norms = norms.mutable_data();
+  return opt;
+}
+
+// The backward's tuple, with the norms appended when they were asked for.
+template <typename T>
+py::tuple with_norms(py::tuple result, bool grad_norms, const Array<T>& norms) {
+  if (!grad_norms) return result;
+  py::list items(result);
+  items.append(norms);
+  return py::tuple(items);
+}
+
 template <typename T>
 py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
@@ -118,7 +147,8 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const Array<T>& w_ih, const Array<T>& w_hh,
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                        const std::optional<Lengths>& lengths, const std::string& nonlinearity,
-                       const Array<T>& dy, const Array<T>& dh_n) {
+                       const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
+                       bool grad_norms) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -135,6 +165,8 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   Array<T> dw_hh({d.H, d.H});
   Array<T> db_ih({bias ? d.H : Index(0)});
   Array<T> db_hh({bias ? d.H : Index(0)});
+  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   std::vector<T> da(static_cast<size_t>(d.B * d.T * d.H));
   std::vector<T> dh_prev(static_cast<size_t>(d.B * d.H));
 
@@ -148,11 +180,12 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
           *dh_n_p = dh_n.data();
   {
     py::gil_scoped_release release;
-    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, ws, d);
+    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, ws, d);
   }
   py::object none = py::none();
-  return py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                        bias ? py::object(db_hh) : none);
+  return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                                     bias ? py::object(db_hh) : none),
+                       grad_norms, norms);
 }
 
 template <typename T>
@@ -167,9 +200,10 @@ void def_rnn(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false,
         "Backpropagation through time for one RNN layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
-        "when the layer has none.");
+        "when the layer has none. " STEP_OPTIONS_DOC);
 }
 
 template <typename T>
@@ -203,7 +237,8 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
                         const Array<T>& w_ih, const Array<T>& w_hh,
                         const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                         const std::optional<Lengths>& lengths, const Array<T>& dy,
-                        const Array<T>& dh_n, const Array<T>& dc_n) {
+                        const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
+                        bool grad_norms) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -225,6 +260,8 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   Array<T> dw_hh({GH, d.H});
   Array<T> db_ih({bias ? GH : Index(0)});
   Array<T> db_hh({bias ? GH : Index(0)});
+  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
   std::vector<T> steps(static_cast<size_t>(4 * d.B * d.H));  // the four (B, H) buffers
 
@@ -241,11 +278,13 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   {
     py::gil_scoped_release release;
     lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l, dy_p,
-                      dh_n_p, dc_n_p, ws, d);
+                      dh_n_p, dc_n_p, opt, ws, d);
   }
   py::object none = py::none();
-  return py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                        bias ? py::object(db_hh) : none);
+  return with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh,
+                                     bias ? py::object(db_ih) : none,
+                                     bias ? py::object(db_hh) : none),
+                       grad_norms, norms);
 }
 
 template <typename T>
@@ -262,9 +301,10 @@ void def_lstm(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false,
         "Backpropagation through time for one LSTM layer. "
         "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are "
-        "None when the layer has none.");
+        "None when the layer has none. " STEP_OPTIONS_DOC " The cell path dc is not clipped.");
 }
 
 template <typename T>
@@ -296,7 +336,8 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const Array<T>& gates, const Array<T>& a_hn, const Array<T>& w_ih,
                        const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                        const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                       const Array<T>& dy, const Array<T>& dh_n) {
+                       const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
+                       bool grad_norms) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -315,6 +356,8 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   Array<T> dw_hh({GH, d.H});
   Array<T> db_ih({bias ? GH : Index(0)});
   Array<T> db_hh({bias ? GH : Index(0)});
+  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
   std::vector<T> dah(static_cast<size_t>(d.B * GH));
   std::vector<T> steps(static_cast<size_t>(2 * d.B * d.H));  // dh_total, dh_prev
@@ -328,11 +371,13 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
           *a_hn_p = a_hn.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data();
   {
     py::gil_scoped_release release;
-    gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p, ws, d);
+    gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p,
+                     opt, ws, d);
   }
   py::object none = py::none();
-  return py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                        bias ? py::object(db_hh) : none);
+  return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                                     bias ? py::object(db_hh) : none),
+                       grad_norms, norms);
 }
 
 template <typename T>
@@ -349,10 +394,11 @@ void def_gru(py::module_& m) {
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("dy").noconvert(),
-        py::arg("dh_n").noconvert(),
+        py::arg("dh_n").noconvert(), py::arg("clip_per_step") = 0.0,
+        py::arg("grad_norms") = false,
         "Backpropagation through time for one GRU layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
-        "when the layer has none.");
+        "when the layer has none. " STEP_OPTIONS_DOC);
 }
 
 }  // namespace

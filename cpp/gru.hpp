@@ -86,13 +86,14 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), g. Inputs: the forward's x, h0, y, gates, a_hn;
-// dy (B, T, H); dh_n (B, H), the gradient reaching the final state.
+// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
+// forward's x, h0, y, gates, a_hn; dy (B, T, H); dh_n (B, H), the gradient reaching the final
+// state; opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const T* gates, const T* a_hn, const LayerWeights<T>& w,
-              const std::int64_t* lengths, const T* dy, const T* dh_n, const Workspace<T>& ws,
-              const Dims& d) {
+              const std::int64_t* lengths, const T* dy, const T* dh_n,
+              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
@@ -105,6 +106,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
                               : ConstStepMap<T>(h0, B, H, Eigen::OuterStride<>(H));
     auto da = at_step(ws.da, B, T_, 3 * H, t);
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
+    if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
     // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(a_in + r ⊙ a_hn): backprop into n, then
     // through tanh (written from its output); this is d(a_in).
     auto da_n = da.rightCols(H);

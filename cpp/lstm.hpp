@@ -68,13 +68,15 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g. Inputs: the forward's x, h0, c0, y, gates,
-// c; dy (B, T, H); dh_n, dc_n (B, H), the gradients reaching the final states.
+// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
+// Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, H); dh_n, dc_n (B, H), the gradients
+// reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the cell path
+// dc is never clipped (see clip_rows_and_norms).
 template <typename T>
 void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
               const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
-              const Workspace<T>& ws, const Dims& d) {
+              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
   MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
@@ -92,6 +94,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
     auto da = at_step(ws.da, B, T_, 4 * H, t);
     tanh_c = c_t.array().tanh().matrix();
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
+    if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
     // h_t = o ⊙ tanh(c_t): backprop into c_t (written from tanh's output), added to what
     // c_{t+1} sends back.
     dc_total = dc.array() + dh_total.array() * o.array() * (T(1) - tanh_c.array().square());

@@ -18,6 +18,16 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
 };
 
+// h_t = f(a_t): da = dL/dh_t ⊙ f'(a_t), with f' written from the output h_t.
+template <typename Da, typename DhTotal, typename Ht>
+void backprop_through_f(Da&& da, const DhTotal& dh_total, const Ht& h_t, Activation f) {
+  using T = typename std::decay_t<Da>::Scalar;
+  if (f == Activation::Tanh)
+    da = dh_total.array() * (T(1) - h_t.array().square());
+  else
+    da = dh_total.array() * (h_t.array() > T(0)).template cast<T>();
+}
+
 // Outputs: y (B, T, H), h_n (B, H). Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
 void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
@@ -48,12 +58,14 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), g. Inputs: the forward's x, h0, y; dy (B, T, H);
-// dh_n (B, H), the gradient reaching the final state.
+// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
+// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
+// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
-              const T* dh_n, const Workspace<T>& ws, const Dims& d) {
+              const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
+              const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
@@ -62,11 +74,15 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     auto da = at_step(ws.da, B, T_, H, t);
     const auto h_t = at_step(y, B, T_, H, t);
     const auto dy_t = at_step(dy, B, T_, H, t);
-    // h_t = f(a_t): backprop through f, written from the output.
-    if (f == Activation::Tanh)
-      da = (dh + dy_t).array() * (T(1) - h_t.array().square());
-    else
-      da = (dh + dy_t).array() * (h_t.array() > T(0)).template cast<T>();
+    // h_t feeds both the loss at t and step t+1: dL/dh_t = dh + dy_t. The per-step options
+    // need it on its own, so then da holds it for a moment; without them it stays fused.
+    if (opt.active()) {
+      da = dh + dy_t;
+      clip_rows_and_norms(da, opt, lengths, t, T_);
+      backprop_through_f(da, da, h_t, f);
+    } else {
+      backprop_through_f(da, dh + dy_t, h_t, f);
+    }
     if (lengths == nullptr) {
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
       dh.noalias() = da * w.w_hh;

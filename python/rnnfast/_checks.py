@@ -6,6 +6,8 @@ shape is wrong; any real floating array is converted once to the model's dtype a
 C-contiguous (a copy only when needed).
 """
 
+import math
+import numbers
 import os
 
 import numpy as np
@@ -89,6 +91,21 @@ def positive_int(value, name):
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return int(value)
+
+
+def clip_per_step(value):
+    """backward's clip_per_step: None (off) -> 0.0, else a positive finite float."""
+    if value is None:
+        return 0.0
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating,
+                                                                     np.integer)):
+        raise TypeError(f"clip_per_step must be a positive float or None, got "
+                        f"{type(value).__name__}")
+    value = float(value)
+    if not (math.isfinite(value) and value > 0):
+        raise ValueError(f"clip_per_step must be a positive finite float (None for off), got "
+                         f"{value!r}")
+    return value
 
 
 def model_dtype(dtype):

@@ -42,6 +42,14 @@ class ForwardCache:
         return total
 
 
+def _mean_over_sequences(norms, lengths):
+    """(B, T) per-sequence norms, 0 past each length -> (T,): their mean over the sequences
+    still running at each step, 0 at a step where none is."""
+    B, T = norms.shape
+    running = np.full(T, B) if lengths is None else (np.arange(T) < lengths[:, None]).sum(0)
+    return norms.sum(axis=0) / np.maximum(running, 1)
+
+
 class Recurrent:
     """Base of RNN, LSTM and GRU: see those classes for the public documentation."""
 
@@ -205,7 +213,7 @@ class Recurrent:
         cache = ForwardCache(self._token, B, T, lengths, layers)
         return inp, self._pack_state(final), cache
 
-    def backward(self, cache, dy, dstate=None):
+    def backward(self, cache, dy, dstate=None, *, clip_per_step=None, return_grad_norms=False):
         """Backpropagation through time.
 
         Parameters
@@ -217,6 +225,21 @@ class Recurrent:
             ignored.
         dstate : like the state, optional
             Gradient with respect to the final state returned by ``forward``; zeros if None.
+        clip_per_step : positive float, optional
+            Per-step gradient clipping (Mikolov; Pascanu et al. 2013), inside the time loop
+            of every layer: at every step t, the total gradient reaching the hidden state,
+            dL/dh_t (from the output at t plus from step t+1), is rescaled to norm
+            ``clip_per_step`` whenever its L2 norm is larger, before it flows on into the
+            step. The norm is taken per sequence (each batch row on its own, over the H
+            units), so a sequence's gradient does not depend on what else is in the batch.
+            For the LSTM only dL/dh_t is clipped; the cell path dL/dc_t is left alone.
+            None (the default) is off and costs nothing. With clipping on the result is no
+            longer the gradient of the loss: check gradients (finite differences) with it
+            off. Independent of clipping the parameter gradients afterwards
+            (``rnnfast.clip``).
+        return_grad_norms : bool, default False
+            Also return the norms of dL/dh_t: how gradients vanish or explode with distance
+            from the loss.
 
         Returns
         -------
@@ -225,7 +248,14 @@ class Recurrent:
             Gradient with respect to the initial state.
         grads : dict
             Same keys and shapes as ``params``.
+        grad_norms : ndarray (num_layers, T), only with ``return_grad_norms=True``
+            ``grad_norms[k, t]``: the L2 norm over the H units of dL/dh_t at layer k (the
+            total gradient reaching h_t, as clipped by ``clip_per_step``, before that
+            step's own clipping), averaged over the sequences still running at step t
+            (t < lengths[b]); 0 at a step where none is. In the model's dtype.
         """
+        clip = _checks.clip_per_step(clip_per_step)
+        grad_norms = bool(return_grad_norms)
         if not isinstance(cache, ForwardCache):
             raise TypeError(f"cache must be the ForwardCache returned by forward, got "
                             f"{type(cache).__name__}")
@@ -242,18 +272,24 @@ class Recurrent:
 
         grads = {}
         dstate0 = tuple(np.empty_like(s) for s in dstate_n)
+        norms = np.zeros((self.num_layers, T), self.dtype)  # (L, T), filled when asked for
+        step = {"clip_per_step": clip, "grad_norms": grad_norms}
         d_out = dy
         for k in reversed(range(self.num_layers)):
             x, s0, y, saved = cache.layers[k]
             ds_n = tuple(s[k] for s in dstate_n)
-            d_out, ds0, layer_grads = self._layer_backward(
-                x, s0, y, saved, layer_params[k], cache.lengths, d_out, ds_n)
+            d_out, ds0, layer_grads, *layer_norms = self._layer_backward(
+                x, s0, y, saved, layer_params[k], cache.lengths, d_out, ds_n, step)
             for whole, part in zip(dstate0, ds0):
                 whole[k] = part
             for name, g in layer_grads.items():
                 if g is not None:
                     grads[f"{name}_l{k}"] = g
+            if grad_norms:
+                norms[k] = _mean_over_sequences(layer_norms[0], cache.lengths)
         grads = {name: grads[name] for name in self.params}  # the order of params
+        if grad_norms:
+            return d_out, self._pack_state(dstate0), grads, norms
         return d_out, self._pack_state(dstate0), grads
 
     # -- what a cell supplies ---------------------------------------------------------------
@@ -262,8 +298,10 @@ class Recurrent:
         """One layer: returns (y, final state tuple, saved tuple)."""
         raise NotImplementedError
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
-        """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients)."""
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
+        """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients), and
+        the (B, T) norms of dL/dh_t last when ``step["grad_norms"]``. ``step`` holds the
+        backward functions' ``clip_per_step`` (0 for off) and ``grad_norms``."""
         raise NotImplementedError
 
     def to_torch(self):

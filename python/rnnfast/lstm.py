@@ -81,10 +81,10 @@ class LSTM(Recurrent):
                                                  p["bias_ih"], p["bias_hh"], lengths)
         return y, (h_n, c_n), (gates, c)
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
         (h0, c0), (gates, c), (dh_n, dc_n) = state0, saved, dstate_n
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh = self._backward_fn(
+        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *norms = self._backward_fn(
             x, h0, c0, y, gates, c, p["weight_ih"], p["weight_hh"], p["bias_ih"],
-            p["bias_hh"], lengths, dy, dh_n, dc_n)
+            p["bias_hh"], lengths, dy, dh_n, dc_n, **step)
         return dx, (dh0, dc0), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
-                                "bias_hh": db_hh}
+                                "bias_hh": db_hh}, *norms

@@ -67,14 +67,18 @@ class Model:
         return logits, state, ModelCache(self._token, rec_cache, out_cache)
 
     def backward(self, cache, dlogits, dstate=None, **options):
-        """Returns ``dx, dstate0, grads``; ``options`` go to the recurrent model's backward."""
+        """Returns ``dx, dstate0, grads``; ``options`` go to the recurrent model's backward
+        (``clip_per_step``, ``return_grad_norms``: see ``RNN.backward``). With
+        ``return_grad_norms=True`` a fourth value follows: the (num_layers, T) norms of
+        dL/dh_t."""
         if not isinstance(cache, ModelCache) or cache.owner is not self._token:
             raise ValueError("cache must be the cache returned by this model's forward")
         dh, out_grads = self.readout.backward(cache.readout, dlogits)
-        dx, dstate0, rec_grads = self.recurrent.backward(cache.recurrent, dh, dstate, **options)
+        dx, dstate0, rec_grads, *norms = self.recurrent.backward(cache.recurrent, dh, dstate,
+                                                                 **options)
         grads = {**{f"recurrent.{k}": v for k, v in rec_grads.items()},
                  **{f"readout.{k}": v for k, v in out_grads.items()}}
-        return dx, dstate0, grads
+        return dx, dstate0, grads, *norms
 
     def config(self):
         """The constructor arguments of both parts, for checkpoints."""

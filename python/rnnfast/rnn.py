@@ -74,13 +74,13 @@ class RNN(Recurrent):
                                   p["bias_hh"], lengths, self.nonlinearity)
         return y, (h_n,), ()
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n):
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
         (h0,), (dh_n,) = state0, dstate_n
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh = self._backward_fn(
+        dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *norms = self._backward_fn(
             x, h0, y, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], lengths,
-            self.nonlinearity, dy, dh_n)
+            self.nonlinearity, dy, dh_n, **step)
         return dx, (dh0,), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
-                            "bias_hh": db_hh}
+                            "bias_hh": db_hh}, *norms
 
     def _config_extra(self):
         return {"nonlinearity": self.nonlinearity}

@@ -84,7 +84,8 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
         When a window's loss or gradient is NaN or Inf: skip its update (the parameters are
         left as they were, the carried state restarts from zeros) or raise NonFiniteError.
     backward_options : dict, optional
-        Passed to the model's ``backward`` (e.g. per-step clipping).
+        Passed to the model's ``backward``, e.g. ``{"clip_per_step": 1.0}`` for per-step
+        clipping of dL/dh_t inside BPTT (see ``RNN.backward``).
 
     Returns
     -------
@@ -105,7 +106,11 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     if truncated and loss.endswith("_last"):
         raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) needs a per-step loss, got "
                          f"{loss!r}: use k1=None for a many-to-one loss")
-    options = backward_options or {}
+    options = dict(backward_options or {})
+    if options.get("return_grad_norms"):
+        raise ValueError("backward_options cannot ask for return_grad_norms: train_sequence "
+                         "does not collect them; call model.backward(..., "
+                         "return_grad_norms=True) directly")
 
     window_state = state  # the state at the current window's start
     total, updates, skipped, grad_norm = 0.0, 0, 0, float("nan")

@@ -15,7 +15,7 @@ Written for clarity, one timestep at a time; the functions take and return exact
 import numpy as np
 
 from .lstm import _sigmoid
-from .rnn import _valid
+from .rnn import _check_clip, _step_options, _valid
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
@@ -53,7 +53,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
 
 
 def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, lengths, dy,
-                 dh_n):
+                 dh_n, clip_per_step=0.0, grad_norms=False):
     """Backpropagate through time, from t = T-1 down to 0.
 
     ``y``, ``gates`` and ``a_hn`` are what ``gru_forward`` returned; ``dy`` (B, T, H) and
@@ -61,8 +61,15 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
     state. Returns ``(dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias
     gradients are None when the layer has no bias. The two bias gradients differ in their n
     part: b_in enters n directly, b_hn through r.
+
+    Per-step options (see ``rnn._step_options``): ``clip_per_step`` > 0 rescales each
+    sequence's dL/dh_t to that norm whenever it is larger (0 or negative: off); with
+    ``grad_norms`` the tuple gains a last item, norms (B, T), each sequence's ||dL/dh_t||
+    before clipping.
     """
     B, T, _ = x.shape
+    _check_clip(clip_per_step)
+    norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
     dweight_ih = np.zeros_like(weight_ih)
     dweight_hh = np.zeros_like(weight_hh)
@@ -74,6 +81,7 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
         r, z, n = np.split(gates[:, t], 3, axis=1)
         h_prev = y[:, t - 1] if t > 0 else h0  # on a valid step the previous one was valid too
         dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
+        dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)
         # h_t = (1 - z) * n + z * h_{t-1}
         dn = dh_total * (1 - z)
         dz = dh_total * (h_prev - n)
@@ -98,5 +106,7 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
         # its gradient through unchanged
         dh = np.where(valid, dah @ weight_hh + dh_direct, dh)
     if bias_ih is None:
-        return dx, dh, dweight_ih, dweight_hh, None, None
-    return dx, dh, dweight_ih, dweight_hh, dbias_ih, dbias_hh
+        out = (dx, dh, dweight_ih, dweight_hh, None, None)
+    else:
+        out = (dx, dh, dweight_ih, dweight_hh, dbias_ih, dbias_hh)
+    return out + (norms,) if grad_norms else out

@@ -12,7 +12,7 @@ one timestep at a time; the functions take and return exactly what
 
 import numpy as np
 
-from .rnn import _valid
+from .rnn import _check_clip, _step_options, _valid
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
@@ -47,15 +47,22 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
 
 
 def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                  dy, dh_n, dc_n):
+                  dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False):
     """Backpropagate through time, from t = T-1 down to 0.
 
     ``y``, ``gates`` and ``c`` are what ``lstm_forward`` returned; ``dy`` (B, T, H), ``dh_n``
     and ``dc_n`` (B, H) are the gradients of the loss with respect to the outputs and the final
     states. Returns ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias
     gradients are None when the layer has no bias.
+
+    Per-step options, on dL/dh_t only (the cell path dc is never clipped): ``clip_per_step``
+    > 0 rescales each sequence's dL/dh_t to that norm whenever it is larger (0 or negative:
+    off); with ``grad_norms`` the tuple gains a last item, norms (B, T), each sequence's
+    ||dL/dh_t|| before clipping. See ``rnn._step_options``.
     """
     B, T, _ = x.shape
+    _check_clip(clip_per_step)
+    norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
     dweight_ih = np.zeros_like(weight_ih)
     dweight_hh = np.zeros_like(weight_hh)
@@ -69,6 +76,7 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
         c_prev = c[:, t - 1] if t > 0 else c0
         tanh_c = np.tanh(c[:, t])
         dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
+        dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)  # dc: not clipped
         # h_t = o * tanh(c_t)
         do = dh_total * tanh_c
         dc_total = dc + dh_total * o * (1 - tanh_c * tanh_c)  # c_t feeds h_t and c_{t+1}
@@ -89,8 +97,10 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
         dh = np.where(valid, da @ weight_hh, dh)
         dc = np.where(valid, dc_total * f, dc)
     if bias_ih is None:
-        return dx, dh, dc, dweight_ih, dweight_hh, None, None
-    return dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy()
+        out = (dx, dh, dc, dweight_ih, dweight_hh, None, None)
+    else:
+        out = (dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy())
+    return out + (norms,) if grad_norms else out
 
 
 def _sigmoid(a):

@@ -33,15 +33,21 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinea
 
 
 def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                 dy, dh_n):
+                 dy, dh_n, clip_per_step=0.0, grad_norms=False):
     """Backpropagate through time, from t = T-1 down to 0.
 
     ``y`` is what ``rnn_forward`` returned; ``dy`` (B, T, H) and ``dh_n`` (B, H) are the
     gradients of the loss with respect to the outputs and the final state.
     Returns ``(dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias gradients are
     None when the layer has no bias.
+
+    Per-step options (see ``_step_options``): ``clip_per_step`` > 0 rescales each sequence's
+    dL/dh_t to that norm whenever it is larger (0 or negative: off); with ``grad_norms`` the
+    tuple gains a last item, norms (B, T), each sequence's ||dL/dh_t|| before clipping.
     """
     B, T, _ = x.shape
+    _check_clip(clip_per_step)
+    norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
     dweight_ih = np.zeros_like(weight_ih)
     dweight_hh = np.zeros_like(weight_hh)
@@ -52,6 +58,7 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
         h_t = y[:, t]
         h_prev = y[:, t - 1] if t > 0 else h0  # on a valid step the previous one was valid too
         dh_total = dh + dy[:, t]  # the state feeds both the loss at t and the step t+1
+        dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)
         if nonlinearity == "tanh":
             da = (1 - h_t * h_t) * dh_total  # backprop through tanh
         else:
@@ -63,8 +70,10 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
         dx[:, t] = da @ weight_ih
         dh = np.where(valid, da @ weight_hh, dh)  # a frozen state passes its gradient through
     if bias_ih is None:
-        return dx, dh, dweight_ih, dweight_hh, None, None
-    return dx, dh, dweight_ih, dweight_hh, dbias, dbias.copy()
+        out = (dx, dh, dweight_ih, dweight_hh, None, None)
+    else:
+        out = (dx, dh, dweight_ih, dweight_hh, dbias, dbias.copy())
+    return out + (norms,) if grad_norms else out
 
 
 def _valid(lengths, B, t):
@@ -72,3 +81,26 @@ def _valid(lengths, B, t):
     if lengths is None:
         return np.ones((B, 1), dtype=bool)
     return (t < lengths)[:, None]
+
+
+def _check_clip(clip_per_step):
+    """Refuse a threshold that is NaN or infinite (0 or negative means off)."""
+    if not np.isfinite(clip_per_step):
+        raise ValueError(f"clip_per_step must be finite (0 or negative for off), got "
+                         f"{clip_per_step!r}")
+
+
+def _step_options(dh_total, valid, clip_per_step):
+    """The per-step options of backward, on dh_total (B, H), the total dL/dh_t at one step.
+
+    One sequence (row) at a time, so that a sequence's gradient does not depend on the rest of
+    the batch. Returns ``(dh_total, norm)``: norm (B,) is each valid row's L2 norm before
+    clipping (0 past the sequence's length); when clip_per_step > 0, every row whose norm
+    exceeds it is rescaled to norm clip_per_step (rows past their length have norm 0 and are
+    left as they are; backward does not use them).
+    """
+    norm = np.where(valid[:, 0], np.linalg.norm(dh_total, axis=1), 0)
+    if clip_per_step > 0:
+        # clip / max(norm, clip) is 1 when norm <= clip, and clip / norm when it is larger
+        dh_total = dh_total * (clip_per_step / np.maximum(norm, clip_per_step))[:, None]
+    return dh_total, norm
