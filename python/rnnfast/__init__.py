@@ -7,7 +7,8 @@ against.
 
 __version__ = "0.1.0"
 
-from . import checkpoint, clip, init, losses, optim, reference, train
+from . import checkpoint, clip, diagnostics, experiments, init, losses, optim, reference, \
+    tasks, train
 from ._recurrent import ForwardCache
 from .checkpoint import load, save
 from .gru import GRU
@@ -19,5 +20,6 @@ from .rnn import RNN
 from .train import evaluate, fit, train_sequence
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "evaluate",
-           "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "init",
-           "losses", "optim", "reference", "train", "__version__"]
+           "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "diagnostics",
+           "experiments", "init",
+           "losses", "optim", "reference", "tasks", "train", "__version__"]

@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+import time
 
 import numpy as np
 
@@ -25,6 +26,15 @@ def _train(args):
         dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
         sample_length=args.sample_length, temperature=args.temperature,
         progress=not args.no_progress)
+
+
+def _experiment(args):
+    from . import experiments
+
+    start = time.perf_counter()
+    experiments.EXPERIMENTS[args.name](quick=args.quick, out=args.out)
+    print(f"rnnfast experiment {args.name}: {time.perf_counter() - start:.1f} s"
+          f"{'' if args.out is None else f'; figures in {args.out}'}")
 
 
 def build_parser():
@@ -62,6 +72,18 @@ def build_parser():
     t.add_argument("--temperature", type=float, default=0.8)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.set_defaults(func=_train)
+
+    e = sub.add_parser(
+        "experiment", help="run a classic BPTT experiment: print its table, save figures",
+        description="The classic experiments of rnnfast.experiments: 'vanishing' (adding "
+                    "problem, tanh RNN vs IRNN vs LSTM vs GRU), 'exploding' (clipping by norm, "
+                    "by value, per step), 'truncation' (truncated BPTT against a dependency "
+                    "of known span). Each takes a few minutes on 2 cores; --quick, seconds.")
+    e.add_argument("name", choices=["vanishing", "exploding", "truncation"])
+    e.add_argument("--quick", action="store_true", help="a tiny version that runs in seconds")
+    e.add_argument("--out", metavar="DIR", default="experiment_figures",
+                   help="directory for the PNG figures (default: experiment_figures)")
+    e.set_defaults(func=_experiment)
     return parser
 
 

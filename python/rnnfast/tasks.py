@@ -34,3 +34,23 @@ def adding_problem(n, T, seed=None, dtype=np.float32):
     x[rows, second, 1] = 1
     y = (x[rows, first, 0] + x[rows, second, 0])[:, None].astype(dtype)
     return x, y
+
+
+def delayed_recall(n, T, delay, seed=None, dtype=np.float32):
+    """Recall the input from exactly ``delay`` steps back: a dependency of known span.
+
+    Each step's input is a random sign, +1 or -1; the target at step t is the input at step
+    t - delay (0 for t < delay, where there is nothing to recall). Predicting 0 scores an MSE
+    of 1 on the steps t >= delay; getting it right needs the state to carry each sign for
+    ``delay`` steps, which truncated BPTT can learn only when its window spans them.
+
+    Returns ``x`` (n, T, 1) and ``y`` (n, T, 1).
+    """
+    n = _checks.positive_int(n, "n")
+    T = _checks.positive_int(T, "T")
+    delay = _checks.positive_int(delay, "delay")
+    rng = np.random.default_rng(seed)
+    x = rng.choice(np.array([-1.0, 1.0], dtype=dtype), size=(n, T, 1))
+    y = np.zeros_like(x)
+    y[:, delay:] = x[:, :T - delay]
+    return x, y
