@@ -197,7 +197,7 @@ def exploding(*, T=50, hidden=32, n_train=2000, epochs=3, batch_size=50, lr=0.1,
     variants : dict, optional
         Label -> keyword arguments of ``train_sequence`` (default ``EXPLODING_VARIANTS``).
     quick : bool
-        Seconds-long: T = 20, 8 units, 200 sequences, 1 epoch.
+        Seconds-long: 8 units, 200 sequences, 1 epoch.
     out : str or None
         Directory for ``exploding_loss.png`` (loss per update; skipped updates leave gaps).
 
@@ -209,7 +209,7 @@ def exploding(*, T=50, hidden=32, n_train=2000, epochs=3, batch_size=50, lr=0.1,
         ``table``, ``curves`` (label -> per-update losses, NaN where skipped), ``figures``.
     """
     if quick:
-        T, hidden, n_train, epochs = 20, 8, 200, 1
+        hidden, n_train, epochs = 8, 200, 1
     variants = EXPLODING_VARIANTS if variants is None else variants
     x, y = adding_problem(n_train, T, seed=seed)
     x_test, y_test = adding_problem(500, T, seed=seed + 1)
@@ -281,7 +281,8 @@ def truncation(ks=(5, 10, 11, 15, 20, 100), *, delay=10, T=100, hidden=16, n_tra
     Returns
     -------
     dict
-        ``rows`` (``k``, ``spans_delay`` (k >= d + 1), ``test_mse`` after each epoch's
+        ``rows`` (``k``, ``spans_delay`` (k >= d + 1), ``updates`` (one per window),
+        ``test_mse`` after each epoch's
         training as ``history``, the final one as ``test_mse``, ``learned`` (< 0.1),
         ``seconds``), ``table``, ``histories``, ``figures``.
     """
@@ -295,25 +296,27 @@ def truncation(ks=(5, 10, 11, 15, 20, 100), *, delay=10, T=100, hidden=16, n_tra
         model = Model(GRU(1, hidden, seed=seed), Linear(hidden, 1, seed=seed + 1))
         opt = optim.Adam(model.params, lr=lr)
         rng = np.random.default_rng(seed)
-        hist = []
+        hist, updates = [], 0
         for epoch in range(epochs):
             order = rng.permutation(n_train)
             for i in range(0, n_train, batch_size):
                 idx = order[i:i + batch_size]
-                train_sequence(model, opt, x[idx], y[idx], loss="mse", k1=k, k2=k,
-                               clip_norm=1.0)
+                r = train_sequence(model, opt, x[idx], y[idx], loss="mse", k1=k, k2=k,
+                                   clip_norm=1.0)
+                updates += r["updates"]
             pred, _ = model(x_test)
             mse = float(np.mean((pred[:, delay:] - y_test[:, delay:]) ** 2))
             hist.append({"epoch": epoch + 1, "test MSE": mse})
         label = f"k = {k}" + (" (full BPTT)" if k >= T else "")
         histories[label] = hist
         rows.append({"k": k, "spans_delay": "yes" if k >= delay + 1 else "no",
+                     "updates": updates,
                      "test_mse": hist[-1]["test MSE"],
                      "learned": "yes" if hist[-1]["test MSE"] < 0.1 else "no",
                      "seconds": time.perf_counter() - start})
         print(f"k = {k:4d}  test MSE {rows[-1]['test_mse']:.4f}  "
               f"({rows[-1]['seconds']:.1f} s)", flush=True)
-    table = format_table(rows, {"k": "d", "spans_delay": "s", "test_mse": ".4f",
+    table = format_table(rows, {"k": "d", "spans_delay": "s", "updates": "d", "test_mse": ".4f",
                                 "learned": "s", "seconds": ".1f"})
     print(f"\nrecall the input from d = {delay} steps back, T = {T}, GRU({hidden}), BPTT(k, k);"
           f" answering 0 scores MSE 1; spans_delay = window holds h_(t-d)..h_t "
