@@ -352,8 +352,9 @@ def plot_history(histories, path, key="loss", *, baseline=None, log=False, title
             else:
                 xs, ys, xlabel = list(range(1, len(hist) + 1)), list(hist), "update"
             ys = [float(v) if v is not None and math.isfinite(v) else float("nan") for v in ys]
-            ax.plot(xs, ys, label=label, lw=1.6, marker="o" if len(xs) <= 30 else None,
-                    ms=3)
+            finite = sum(math.isfinite(v) for v in ys)
+            ax.plot(xs, ys, label=label, lw=1.6, marker="o" if finite <= 30 else None,
+                    ms=3 if len(xs) <= 30 else 5)  # isolated points stay visible
         if baseline is not None:
             ax.axhline(baseline, color="gray", ls="--", lw=1, label=f"baseline {baseline:.3g}")
         if log:
