@@ -142,6 +142,8 @@ class GradientFlow:
         and the vanishing condition.
     cell : str
         "RNN (tanh)", "RNN (relu)", "LSTM" or "GRU".
+    seconds : float
+        How long the ``gradient_flow`` call took.
     """
 
     grad_norms: np.ndarray
@@ -154,6 +156,7 @@ class GradientFlow:
         return getattr(self, key)
 
     def keys(self):
+        """The field names, so that ``dict(result)`` works."""
         return ("grad_norms", "loss", "weight_hh", "cell", "seconds")
 
     @property
