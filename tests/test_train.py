@@ -239,3 +239,18 @@ def test_checkpoint_refuses_bad_files(tmp_path):
 
     with pytest.raises(FileNotFoundError):
         rnnfast.load(tmp_path / "missing.npz")
+
+
+def test_an_exploding_forward_is_skipped_not_raised():
+    """ReLU with identity recurrence and a huge learning rate overflows within a few updates;
+    with the default check_finite=True the overflow must still be a skipped update, since the
+    hidden states and their gradients are the library's own, not the user's input."""
+    rng = np.random.default_rng(9)
+    x = np.abs(rng.standard_normal((8, 40, D))).astype(np.float32) * 10
+    y = rng.standard_normal((8, 40, 1)).astype(np.float32)
+    rec = rnnfast.init.identity(rnnfast.RNN(D, H, nonlinearity="relu", seed=0), scale=1.5)
+    m = rnnfast.Model(rec, rnnfast.Linear(H, 1, seed=1))
+    opt = optim.SGD(m.params, lr=10.0)
+    out = [rnnfast.train_sequence(m, opt, x, y, loss="mse", k1=10) for _ in range(5)]
+    assert sum(o["skipped"] for o in out) > 0
+    assert all(np.isfinite(p).all() for p in m.params.values())

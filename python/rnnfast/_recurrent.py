@@ -213,7 +213,8 @@ class Recurrent:
         cache = ForwardCache(self._token, B, T, lengths, layers)
         return inp, self._pack_state(final), cache
 
-    def backward(self, cache, dy, dstate=None, *, clip_per_step=None, return_grad_norms=False):
+    def backward(self, cache, dy, dstate=None, *, clip_per_step=None, return_grad_norms=False,
+                 check_finite=None):
         """Backpropagation through time.
 
         Parameters
@@ -240,6 +241,10 @@ class Recurrent:
         return_grad_norms : bool, default False
             Also return the norms of dL/dh_t: how gradients vanish or explode with distance
             from the loss.
+        check_finite : bool, optional
+            Overrides the model's ``check_finite`` for ``dy`` in this call (a ``Model`` passes
+            False for the gradient it computed itself, so that an overflow shows as
+            non-finite gradients instead of raising).
 
         Returns
         -------
@@ -263,9 +268,10 @@ class Recurrent:
             raise ValueError("cache was made by another model's forward; pass the cache from "
                              "this model's forward")
         B, T = cache.batch, cache.steps
+        check = self.check_finite if check_finite is None else bool(check_finite)
         dy = _checks.as_float_array(dy, "dy", self.dtype, 3)
         _checks.expect_shape(dy, "dy", (B, T, self.hidden_size), "(B, T, hidden_size)")
-        if self.check_finite:
+        if check:
             _checks.check_finite(dy, "dy")
         dstate_n = self._state_parts(dstate, B, "dstate")
         layer_params = self._layer_params()

@@ -215,9 +215,9 @@ def exploding(*, T=50, hidden=32, n_train=2000, epochs=3, batch_size=50, lr=0.1,
     x_test, y_test = adding_problem(500, T, seed=seed + 1)
     rows, curves = [], {}
     for label, kw in variants.items():
-        rec = RNN(2, hidden, nonlinearity="relu", seed=seed, check_finite=False)
+        rec = RNN(2, hidden, nonlinearity="relu", seed=seed)
         init.identity(rec, scale=scale)
-        model = Model(rec, Linear(hidden, 1, seed=seed + 1, check_finite=False))
+        model = Model(rec, Linear(hidden, 1, seed=seed + 1))
         opt = optim.SGD(model.params, lr=lr)
         losses, skipped, updates, norms = [], 0, 0, []
         rng = np.random.default_rng(seed)

@@ -71,14 +71,19 @@ class Linear:
         """Inference: ``y = model(x)``. See ``forward``."""
         return self.forward(x)[0]
 
-    def forward(self, x):
-        """``x`` (..., in_features) -> ``y`` (..., out_features), and the cache for backward."""
+    def forward(self, x, *, check_finite=None):
+        """``x`` (..., in_features) -> ``y`` (..., out_features), and the cache for backward.
+
+        ``check_finite`` overrides the read-out's setting for this call (a ``Model`` passes
+        False for the hidden states it computed itself, so that an overflow reaches the loss
+        as NaN instead of raising).
+        """
         _checks.check_float_array(x, "x", self.dtype, None)
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) with in_features = "
                              f"{self.in_features}, got {_checks.shape_str(x.shape)}")
         x = np.ascontiguousarray(x, dtype=self.dtype)
-        if self.check_finite:
+        if self.check_finite if check_finite is None else check_finite:
             _checks.check_finite(x, "x")
         weight, bias = self._checked_params()
         y = x @ weight.T

@@ -58,12 +58,13 @@ class Model:
     def __call__(self, x, state=None, lengths=None):
         """Inference: ``logits, state = model(x, state=None, lengths=None)``."""
         h, state = self.recurrent(x, state, lengths)
-        return self.readout(h), state
+        return self.readout.forward(h, check_finite=False)[0], state
 
     def forward(self, x, state=None, lengths=None):
         """``x`` (B, T, D) -> logits (B, T, out_features), the final state, and the cache."""
         h, state, rec_cache = self.recurrent.forward(x, state, lengths)
-        logits, out_cache = self.readout.forward(h)
+        # h is ours, not the user's: an overflow in it must reach the loss, not raise here.
+        logits, out_cache = self.readout.forward(h, check_finite=False)
         return logits, state, ModelCache(self._token, rec_cache, out_cache)
 
     def backward(self, cache, dlogits, dstate=None, **options):
@@ -74,8 +75,8 @@ class Model:
         if not isinstance(cache, ModelCache) or cache.owner is not self._token:
             raise ValueError("cache must be the cache returned by this model's forward")
         dh, out_grads = self.readout.backward(cache.readout, dlogits)
-        dx, dstate0, rec_grads, *norms = self.recurrent.backward(cache.recurrent, dh, dstate,
-                                                                 **options)
+        dx, dstate0, rec_grads, *norms = self.recurrent.backward(
+            cache.recurrent, dh, dstate, check_finite=False, **options)  # dh is ours
         grads = {**{f"recurrent.{k}": v for k, v in rec_grads.items()},
                  **{f"readout.{k}": v for k, v in out_grads.items()}}
         return dx, dstate0, grads, *norms

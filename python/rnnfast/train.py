@@ -115,64 +115,68 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     window_state = state  # the state at the current window's start
     total, updates, skipped, grad_norm = 0.0, 0, 0, float("nan")
     end = 0
-    while end < T:
-        prev_end, end = end, min(end + k1, T)
-        start = max(0, end - k2)
-        next_start = max(0, min(end + k1, T) - k2)  # where the next window will start
-        cut = next_start if start < next_start < end else None
-        pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
+    # An overflow anywhere in a window is dealt with (its update is skipped), not warned about.
+    with np.errstate(over="ignore", invalid="ignore"):
+        while end < T:
+            prev_end, end = end, min(end + k1, T)
+            start = max(0, end - k2)
+            next_start = max(0, min(end + k1, T) - k2)  # where the next window will start
+            cut = next_start if start < next_start < end else None
+            pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
 
-        # Forward over the window, in one piece or two so the next window's start state is kept.
-        caches, outs, s, cut_state = [], [], window_state, None
-        for a, b in pieces:
-            out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
-            caches.append(cache)
-            outs.append(out)
-            if b == cut:
-                cut_state = s
-        final_state = s
-        logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+            # Forward over the window, in one piece or two so the next window's start state is kept.
+            caches, outs, s, cut_state = [], [], window_state, None
+            for a, b in pieces:
+                out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
+                caches.append(cache)
+                outs.append(out)
+                if b == cut:
+                    cut_state = s
+            final_state = s
+            logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
 
-        # The loss on the new outputs only: steps [prev_end, end) of the sequence.
-        new = slice(prev_end - start, end - start)
-        win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
-        value, dnew = sequence_loss(loss, logits[:, new], win_targets,
-                                    _window_lengths(lengths, prev_end, end))
-        dlogits = np.zeros_like(logits)
-        dlogits[:, new] = dnew
+            # The loss on the new outputs only: steps [prev_end, end) of the sequence.
+            new = slice(prev_end - start, end - start)
+            win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
+            value, dnew = sequence_loss(loss, logits[:, new], win_targets,
+                                        _window_lengths(lengths, prev_end, end))
+            finite = math.isfinite(value) and np.isfinite(dnew).all()
+            if finite:
+                dlogits = np.zeros_like(logits)
+                dlogits[:, new] = dnew
+                # Backward through every piece, the later one first, chaining the state's gradient.
+                grads, dstate, offset = None, None, logits.shape[1]
+                for (a, b), cache in reversed(list(zip(pieces, caches))):
+                    offset -= b - a
+                    _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
+                                                  **options)
+                    grads = _add_grads(grads, g)
+                finite = _all_finite(grads)
 
-        # Backward through every piece, the later one first, chaining the state's gradient.
-        grads, dstate, offset = None, None, logits.shape[1]
-        for (a, b), cache in reversed(list(zip(pieces, caches))):
-            offset -= b - a
-            _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
-                                          **options)
-            grads = _add_grads(grads, g)
-
-        if math.isfinite(value) and _all_finite(grads):
-            if clip_norm is not None:
-                grad_norm = clip.clip_grad_norm(grads, clip_norm)
+            if finite:
+                if clip_norm is not None:
+                    grad_norm = clip.clip_grad_norm(grads, clip_norm)
+                else:
+                    grad_norm = clip.global_norm(grads)
+                if clip_value is not None:
+                    clip.clip_grad_value(grads, clip_value)
+                optimizer.step(grads)
+                total += value
+                updates += 1
             else:
-                grad_norm = clip.global_norm(grads)
-            if clip_value is not None:
-                clip.clip_grad_value(grads, clip_value)
-            optimizer.step(grads)
-            total += value
-            updates += 1
-        else:
-            if on_nonfinite == "stop":
-                raise NonFiniteError(
-                    f"non-finite loss or gradient in the window of steps [{start}, {end}) "
-                    f"(loss = {value}); the parameters were left as they were. Lower the "
-                    f"learning rate, clip gradients (clip_norm=...), or pass "
-                    f"on_nonfinite='skip'")
-            skipped += 1
-            window_state = final_state = cut_state = None  # restart from zeros, not from NaN
-        if next_start == end:
-            window_state = final_state
-        elif cut is not None:
-            window_state = cut_state
-        # else the next window starts where this one did, from the same state
+                if on_nonfinite == "stop":
+                    raise NonFiniteError(
+                        f"non-finite loss or gradient in the window of steps [{start}, {end}) "
+                        f"(loss = {value}); the parameters were left as they were. Lower the "
+                        f"learning rate, clip gradients (clip_norm=...), or pass "
+                        f"on_nonfinite='skip'")
+                skipped += 1
+                window_state = final_state = cut_state = None  # restart from zeros, not from NaN
+            if next_start == end:
+                window_state = final_state
+            elif cut is not None:
+                window_state = cut_state
+            # else the next window starts where this one did, from the same state
     return {"loss": total / updates if updates else float("nan"), "state": final_state,
             "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
 
