@@ -176,4 +176,8 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "rnnfast's compiled time loops (private: use the rnnfast package)";
   def_rnn<float>(m);
   def_rnn<double>(m);
+
+  // Threads of Eigen's products (OpenMP builds; otherwise always 1). Default: OMP_NUM_THREADS.
+  m.def("set_num_threads", [](int n) { Eigen::setNbThreads(n); }, py::arg("n"));
+  m.def("get_num_threads", []() { return Eigen::nbThreads(); });
 }
