@@ -24,14 +24,18 @@ How it measures (the choices, so that the numbers can be trusted):
   backward (input and weight gradients); elementwise work is not counted.
 - **Ceiling.** float32 ``numpy.matmul`` of two 1024×1024 matrices, same threads, same run,
   measured at the start and at the end of each worker; fractions are of the higher of the two.
-- **Peak memory.** Linux's peak resident set (VmHWM) is reset (``/proc/self/clear_refs``)
-  just before one step and read just after; the row reports that peak minus the resident set
-  before the step, i.e. what the step itself added at its worst moment: outputs, caches,
-  gradients and workspaces, whatever allocator made them (NumPy, C++, PyTorch, XLA). Inputs and
-  weights exist beforehand and are not counted. The worker runs with a fixed glibc mmap
-  threshold (MALLOC_MMAP_THRESHOLD_) so that large blocks go back to the system when freed and
-  an earlier step's freed pages cannot hide this step's needs. Where /proc is missing the
-  column is empty.
+- **Peak memory.** Measured apart from the timing, in one process per implementation (1
+  thread) that imports only that implementation: after two warm-up steps (for JAX: none, its
+  step is compiled ahead of time and XLA keeps its buffers after a first run), Linux's peak
+  resident set (VmHWM) is reset (``/proc/self/clear_refs``) just before one step and read just
+  after; the row reports that peak minus the resident set before the step, i.e. what the step
+  itself added at its worst moment: outputs, caches, gradients and workspaces, whatever
+  allocator made them (NumPy, C++, PyTorch, XLA). Inputs and weights exist beforehand and are
+  not counted. The process runs with a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_) so
+  that large blocks go back to the system when freed and an earlier step's freed pages cannot
+  hide this step's needs. With PyTorch or JAX in the same process that no longer held (another
+  implementation's peak read up to 2.5x lower), hence the separate processes. Where /proc is
+  missing the column is empty.
 
 Speed claims come only from this harness, as ratios within one run. It is never a timed test.
 """
@@ -104,7 +108,7 @@ def _peak_step_mib(step):
     del out
     if before is None or after is None:
         return None
-    return max(after[1] - before[0], 0) / 1024
+    return max(max(after) - before[0], 0) / 1024
 
 
 def _matmul_ceiling(repeats):
@@ -205,6 +209,7 @@ def _make_jax(cell, B, T, D, H, x, dy, params, threads):
     xj, dyj = jnp.asarray(x), jnp.asarray(dy)
     # The vector-Jacobian product with dy, as backward(cache, dy) computes.
     grad = jax.jit(jax.grad(lambda p, x, dy: jnp.sum(layer(p, x) * dy), argnums=(0, 1)))
+    grad = grad.lower(p, xj, dyj).compile()  # ahead of time: no step pays for compiling
 
     def step():
         return jax.block_until_ready(grad(p, xj, dyj))
@@ -246,6 +251,53 @@ def _blas_info():
                                    "filepath")} for i in threadpool_info()]
 
 
+def _row_steps(cell, dims, impls, threads):
+    """name -> step() for each implementation, all with the same weights, x and dy."""
+    import numpy as np
+    B, T, D, H = dims
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((B, T, D), dtype=np.float32)
+    dy = rng.standard_normal((B, T, H), dtype=np.float32)
+    steps = {}
+    ref_step, params = _make_rnnfast(cell, B, T, D, H, x, dy, "cpp", threads)
+    for impl in impls:
+        if impl == "rnnfast":
+            steps[impl] = ref_step
+        elif impl == "numpy":
+            steps[impl], _ = _make_rnnfast(cell, B, T, D, H, x, dy, "numpy", threads)
+        elif impl == "torch":
+            steps[impl] = _make_torch(cell, B, T, D, H, x, dy, params, threads)
+        elif impl == "jax":
+            steps[impl] = _make_jax(cell, B, T, D, H, x, dy, params, threads)
+    return steps
+
+
+def memory_worker(spec):
+    """Peak memory of one step for ONE implementation, every row: {"config/cell": MiB}.
+
+    Each implementation gets a process of its own, because a peer in the same process
+    changed what another's step appeared to add (the allocators of PyTorch and XLA change
+    how freed memory is returned); memory does not depend on the thread count.
+    """
+    import rnnfast
+    impl = spec["impl"]
+    have, _ = _available([impl])
+    peaks = {}
+    if not have.get(impl):
+        return peaks
+    for cfg in spec["configs"]:
+        for cell in spec["cells"]:
+            if getattr(rnnfast, cell, None) is None:
+                continue
+            step = _row_steps(cell, CONFIGS[cfg], [impl], 1)[impl]
+            if impl != "jax":  # JAX is compiled already; XLA keeps buffers after a first run
+                step()
+                step()
+            peaks[f"{cfg}/{cell}"] = _peak_step_mib(step)
+            del step
+    return peaks
+
+
 def worker(spec):
     """Run every (config, cell) row at one thread count; returns a JSON-able dict."""
     threads = spec["threads"]
@@ -269,20 +321,7 @@ def worker(spec):
             if getattr(rnnfast, cell, None) is None:
                 out["notes"][cell] = f"rnnfast has no {cell} yet; skipped"
                 continue
-            rng = np.random.default_rng(1)
-            x = rng.standard_normal((B, T, D), dtype=np.float32)
-            dy = rng.standard_normal((B, T, H), dtype=np.float32)
-            steps = {}
-            params = None
-            for impl in wanted:
-                if impl in ("rnnfast", "numpy"):
-                    backend = "cpp" if impl == "rnnfast" else "numpy"
-                    steps[impl], params = _make_rnnfast(cell, B, T, D, H, x, dy, backend,
-                                                       threads)
-                elif impl == "torch":
-                    steps[impl] = _make_torch(cell, B, T, D, H, x, dy, params, threads)
-                elif impl == "jax":
-                    steps[impl] = _make_jax(cell, B, T, D, H, x, dy, params, threads)
+            steps = _row_steps(cell, (B, T, D, H), wanted, threads)
             out["rows"].append(_measure(cfg, cell, (B, T, D, H), steps, spec["repeats"],
                                         threads))
     out["ceiling_end_gflops"] = _matmul_ceiling(spec["ceiling_repeats"])
@@ -295,10 +334,10 @@ def worker(spec):
 
 
 def _measure(cfg, cell, dims, steps, repeats, threads):
-    """Warm up, time round robin, measure memory; one row per implementation."""
+    """Warm up, then time round robin; one row per implementation."""
     target = {}
     for name, step in steps.items():
-        step()  # JAX compiles here
+        step()
         t0 = time.perf_counter()
         step()
         warm = time.perf_counter() - t0
@@ -322,7 +361,7 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
             "median_s": med, "iqr_over_median": (q[2] - q[0]) / med, "repeats": len(ts),
             "min_s": ts[0], "throughput": B * T / med, "gflops": flops / med / 1e9,
             "ceiling_fraction": None,  # set by worker once the ceiling is final
-            "peak_mib": _peak_step_mib(step),
+            "peak_mib": None,  # from memory_worker
         }
     return {"config": cfg, "cell": cell, "B": B, "T": T, "D": D, "H": H, "threads": threads,
             "flops": flops, "impls": impls}
@@ -354,6 +393,16 @@ def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repea
         if progress:
             progress(f"threads={n}: {len(configs)} config(s) x {len(cells)} cell(s) ...")
         result["runs"].append(_spawn(spec))
+    for impl in impls:
+        if progress:
+            progress(f"peak memory of {impl} (a process of its own) ...")
+        spec = {"mode": "memory", "impl": impl, "threads": 1, "configs": list(configs),
+                "cells": list(cells)}
+        peaks = _spawn(spec)
+        for run_ in result["runs"]:
+            for row in run_["rows"]:
+                if impl in row["impls"]:
+                    row["impls"][impl]["peak_mib"] = peaks.get(f"{row['config']}/{row['cell']}")
     return result
 
 
@@ -507,7 +556,7 @@ def main(argv=None):
 
 def _worker_main(spec_json, out_path):
     spec = json.loads(spec_json)
-    result = worker(spec)
+    result = memory_worker(spec) if spec.get("mode") == "memory" else worker(spec)
     with open(out_path, "w") as f:
         json.dump(result, f)
     return 0
