@@ -411,4 +411,8 @@ PYBIND11_MODULE(_core, m) {
   def_lstm<double>(m);
   def_gru<float>(m);
   def_gru<double>(m);
+
+  // Threads of Eigen's products (OpenMP builds; otherwise always 1). Default: OMP_NUM_THREADS.
+  m.def("set_num_threads", [](int n) { Eigen::setNbThreads(n); }, py::arg("n"));
+  m.def("get_num_threads", []() { return Eigen::nbThreads(); });
 }

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <Eigen/Core>
+#include <cmath>
 #include <cstdint>
 #include <type_traits>
 
@@ -80,6 +81,14 @@ struct StepOptions {
 // the rest of the batch. For every valid row: write its L2 norm to norms[b, t], then rescale
 // it to norm opt.clip if it is larger. Rows past their sequence's length are left alone (their
 // dh_total is not used) and get norm 0.
+// Σ v_j², element after element: a fixed order, for the reason given at sum_rows.
+template <typename V>
+typename V::Scalar sum_of_squares(const V& v) {
+  typename V::Scalar s(0);
+  for (Index j = 0; j < v.size(); ++j) s += v(j) * v(j);
+  return s;
+}
+
 template <typename T, typename Block>
 void clip_rows_and_norms(Block&& dh_total, const StepOptions<T>& opt,
                          const std::int64_t* lengths, Index t, Index T_) {
@@ -89,7 +98,7 @@ void clip_rows_and_norms(Block&& dh_total, const StepOptions<T>& opt,
       continue;
     }
     auto row = dh_total.row(b);
-    const T norm = row.norm();
+    const T norm = std::sqrt(sum_of_squares(row));
     if (opt.norms != nullptr) opt.norms[b * T_ + t] = norm;
     if (opt.clip > T(0) && norm > opt.clip) row *= opt.clip / norm;
   }
@@ -114,6 +123,16 @@ void input_projection(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>
   }
 }
 
+// Σ over the rows of m, added one row after another. Eigen's colwise().sum() picks its order
+// by where the data lie in memory, so the same numbers could round differently from one call to
+// the next; this order is fixed, and training runs repeat bit for bit.
+template <typename T, typename M>
+void sum_rows(T* out, const M& m) {
+  RowVectorMap<T> s(out, m.cols());
+  s.setZero();
+  for (Index r = 0; r < m.rows(); ++r) s += m.row(r);
+}
+
 // Backward of input_projection, one product each after the loop:
 // a = x W_ih^T + b  =>  dx = da W_ih,  dW_ih = da^T x,  db_ih = Σ_rows da.
 // db_hh is left to the caller: it equals db_ih only where b_hh enters like b_ih.
@@ -122,7 +141,7 @@ void input_projection_backward(MatrixMap<T> dx, LayerGrads<T>& g, ConstMatrixMap
                                ConstMatrixMap<T> x, const LayerWeights<T>& w) {
   dx.noalias() = da * w.w_ih;
   g.dw_ih.noalias() = da.transpose() * x;
-  if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, da.cols()) = da.colwise().sum();
+  if (g.db_ih != nullptr) sum_rows(g.db_ih, da);
 }
 
 // dW_hh = Σ_{b,t} dah[b,t]^T h[b,t-1], with h[b,t-1] = y[b,t-1] for t ≥ 1 and h0[b] at t = 0.

@@ -144,7 +144,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
   const ConstMatrixMap<T> gates_all(gates, B * T_, 3 * H);
   da_all.rightCols(H) = da_all.rightCols(H).cwiseProduct(gates_all.leftCols(H));
   // b_hh enters with the recurrent side.
-  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 3 * H) = da_all.colwise().sum();
+  if (g.db_hh != nullptr) sum_rows(g.db_hh, da_all);
   recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 3 * H);
 }
 

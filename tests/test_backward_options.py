@@ -101,8 +101,9 @@ def test_options_match_reference(cell, config, dtype):
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_off_changes_nothing(cell, backend):
-    """None is off; asking for norms, or a threshold never reached, leaves the gradients
-    bit for bit as they were."""
+    """None is off and leaves the gradients bit for bit as they were; asking for norms, or a
+    threshold never reached, changes them by rounding at most (the loop then forms dL/dh_t
+    before multiplying by f', which FMA contraction may round differently)."""
     config = (4, 7, 3, 5, 2, "partial", True)
     model = make(cell, 3, 5, 2, dtype=np.float64, backend=backend, seed=4)
     data = _data(model, config, np.float64, seed=11)
@@ -113,7 +114,11 @@ def test_off_changes_nothing(cell, backend):
         out.pop("grad_norms", None)
         assert out.keys() == plain.keys()
         for k in plain:
-            np.testing.assert_array_equal(out[k], plain[k], err_msg=f"{options} {k}")
+            if options == {"clip_per_step": None}:
+                np.testing.assert_array_equal(out[k], plain[k], err_msg=f"{options} {k}")
+            else:
+                np.testing.assert_allclose(out[k], plain[k], rtol=1e-12, atol=1e-15,
+                                           err_msg=f"{options} {k}")
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])

@@ -7,19 +7,23 @@ against.
 
 __version__ = "0.1.0"
 
+from ._platform import build_info, check_cpu, get_num_threads, set_num_threads
+
+check_cpu()  # before anything loads rnnfast._core: an ImportError, not "illegal instruction"
+
 from . import checkpoint, clip, diagnostics, experiments, init, losses, optim, reference, \
-    tasks, train
-from ._recurrent import ForwardCache
-from .checkpoint import load, save
-from .gru import GRU
-from .interop import from_torch
-from .linear import Linear
-from .lstm import LSTM
-from .model import Model
-from .rnn import RNN
-from .train import evaluate, fit, train_sequence
+    tasks, train  # noqa: E402
+from ._recurrent import ForwardCache  # noqa: E402
+from .checkpoint import load, save  # noqa: E402
+from .gru import GRU  # noqa: E402
+from .interop import from_torch  # noqa: E402
+from .linear import Linear  # noqa: E402
+from .lstm import LSTM  # noqa: E402
+from .model import Model  # noqa: E402
+from .rnn import RNN  # noqa: E402
+from .train import evaluate, fit, train_sequence  # noqa: E402
 
 __all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "evaluate",
            "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "diagnostics",
-           "experiments", "init",
-           "losses", "optim", "reference", "tasks", "train", "__version__"]
+           "experiments", "init", "losses", "optim", "reference", "tasks", "train",
+           "set_num_threads", "get_num_threads", "build_info", "__version__"]

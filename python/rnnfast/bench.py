@@ -1,0 +1,570 @@
+"""Benchmark of one training step against the NumPy reference, PyTorch and JAX.
+
+One *step* is what training a recurrent layer costs apart from the optimiser: the forward
+pass over the whole sequence, backpropagation through time, and the gradients of every weight
+and of the input. Letters: B = batch, T = timesteps, D = input features, H = hidden units,
+G = gates per cell (RNN 1, LSTM 4, GRU 3).
+
+How it measures (the choices, so that the numbers can be trusted):
+
+- **Threads.** Each thread count runs in its own worker subprocess (``python -m rnnfast.bench
+  --worker``), started with OMP_NUM_THREADS, OPENBLAS_NUM_THREADS, MKL_NUM_THREADS,
+  VECLIB_MAXIMUM_THREADS and NUMEXPR_NUM_THREADS = n, and, at n = 1, XLA_FLAGS limiting
+  JAX/XLA to one intra-op thread; the worker is pinned to n cores (sched_setaffinity, set
+  before the interpreter starts), and calls ``torch.set_num_threads(n)`` and
+  ``rnnfast.set_num_threads(n)``. Env vars read at import are the only reliable way to set
+  OpenBLAS and XLA, hence one process per thread count; the affinity makes the count hold
+  even for a library that ignores its variable.
+- **Time.** Every implementation is warmed up (JAX is compiled by that first call, so compile
+  time is excluded), then the implementations are called in turn, round robin, so that drift
+  of the machine hits all alike. The median over repeats is reported, with the spread as
+  IQR / median. An implementation whose warm-up step takes long (the NumPy reference at big
+  configs) gets fewer repeats, never fewer than ``MIN_REPEATS``: its row says how many.
+- **FLOPs.** A step counts 3 × 2·B·T·(D+H)·G·H: the forward products, and twice as many in
+  backward (input and weight gradients); elementwise work is not counted.
+- **Ceiling.** float32 ``numpy.matmul`` of two 1024×1024 matrices, same threads, same run,
+  measured at the start and at the end of each worker; fractions are of the higher of the two.
+- **Peak memory.** Measured apart from the timing, in one process per implementation (1
+  thread) that imports only that implementation: after two warm-up steps (for JAX: none, its
+  step is compiled ahead of time and XLA keeps its buffers after a first run), Linux's peak
+  resident set (VmHWM) is reset (``/proc/self/clear_refs``) just before one step and read just
+  after, three times; the row reports the largest peak minus the resident set before that
+  step (the failure mode of this measure is reading low), i.e. what the step
+  itself added at its worst moment: outputs, caches, gradients and workspaces, whatever
+  allocator made them (NumPy, C++, PyTorch, XLA). Inputs and weights exist beforehand and are
+  not counted. The process runs with a fixed glibc mmap threshold (MALLOC_MMAP_THRESHOLD_) so
+  that large blocks go back to the system when freed and an earlier step's freed pages cannot
+  hide this step's needs. With PyTorch or JAX in the same process that no longer held (another
+  implementation's peak read up to 2.5x lower), hence the separate processes. Where /proc is
+  missing the column is empty.
+
+Speed claims come only from this harness, as ratios within one run. It is never a timed test.
+"""
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+CONFIGS = {  # name -> (B, T, D, H)
+    "online": (1, 100, 64, 64),
+    "small": (32, 100, 64, 128),
+    "medium": (64, 100, 128, 256),
+    "large": (64, 200, 256, 512),
+    "long": (16, 1000, 32, 64),
+    "quick": (2, 6, 3, 4),  # CI smoke test: seconds, not a measurement
+}
+DEFAULT_CONFIGS = ("online", "small", "medium", "large", "long")
+CELLS = ("RNN", "LSTM", "GRU")
+GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
+IMPLS = ("rnnfast", "numpy", "torch", "jax")
+MIN_REPEATS = 3
+SLOW_BUDGET = 4.0  # seconds of timed steps granted to a slow implementation per row
+
+
+def step_flops(cell, B, T, D, H):
+    """3 × 2·B·T·(D+H)·G·H: forward products, and twice that in backward."""
+    return 3 * 2 * B * T * (D + H) * GATES[cell] * H
+
+
+def thread_env(n):
+    """Environment variables that hold every peer to n threads (read at import time)."""
+    env = {k: str(n) for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS",
+                               "VECLIB_MAXIMUM_THREADS", "NUMEXPR_NUM_THREADS")}
+    flags = os.environ.get("XLA_FLAGS", "")
+    if n == 1:
+        flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    env["XLA_FLAGS"] = flags.strip()
+    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)  # see "Peak memory" above
+    return env
+
+
+# -- the worker: everything below runs inside one subprocess per thread count ---------------
+
+def _rss_kib():
+    """(VmRSS, VmHWM) in KiB from /proc/self/status, or None off Linux."""
+    try:
+        with open("/proc/self/status") as f:
+            d = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(d["VmRSS"].split()[0]), int(d["VmHWM"].split()[0])
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _peak_step_mib(step):
+    """What one call of ``step`` adds to the resident set at its peak, in MiB (or None)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+    except OSError:
+        return None
+    before = _rss_kib()
+    out = step()
+    after = _rss_kib()
+    del out
+    if before is None or after is None:
+        return None
+    return max(max(after) - before[0], 0) / 1024
+
+
+def _matmul_ceiling(repeats):
+    """GFLOP/s of float32 numpy.matmul on 1024×1024, median of repeats after warm-up."""
+    import numpy as np
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((1024, 1024), dtype=np.float32)
+    b = rng.standard_normal((1024, 1024), dtype=np.float32)
+    c = np.empty_like(a)
+    for _ in range(3):
+        np.matmul(a, b, out=c)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        np.matmul(a, b, out=c)
+        times.append(time.perf_counter() - t0)
+    return 2 * 1024**3 / statistics.median(times) / 1e9
+
+
+def _make_rnnfast(cell, B, T, D, H, x, dy, backend, threads):
+    import rnnfast
+    cls = getattr(rnnfast, cell)
+    kw = {"nonlinearity": "tanh"} if cell == "RNN" else {}
+    model = cls(D, H, seed=0, backend=backend, **kw)
+
+    def step():
+        _, _, cache = model.forward(x)
+        return model.backward(cache, dy)
+    return step, model.params
+
+
+def _make_torch(cell, B, T, D, H, x, dy, params, threads):
+    import torch
+    torch.set_num_threads(threads)
+    kw = {"nonlinearity": "tanh"} if cell == "RNN" else {}
+    mod = getattr(torch.nn, cell)(D, H, batch_first=True, **kw)
+    with torch.no_grad():
+        for name, p in mod.named_parameters():
+            p.copy_(torch.from_numpy(params[name]))
+    xt = torch.from_numpy(x.copy()).requires_grad_(True)
+    dyt = torch.from_numpy(dy)
+    plist = list(mod.parameters())
+
+    def step():
+        xt.grad = None
+        for p in plist:
+            p.grad = None
+        y, _ = mod(xt)
+        y.backward(dyt)
+        return xt.grad, [p.grad for p in plist]
+    return step
+
+
+def _jax_layer(cell, jnp, lax):
+    """y = layer(params, x) for one layer in jax.numpy, PyTorch's equations and gate order."""
+    sig = lambda v: 1 / (1 + jnp.exp(-v))  # noqa: E731
+
+    def layer(p, x):
+        w_ih, w_hh, b_ih, b_hh = p
+        a = jnp.swapaxes(x @ w_ih.T + b_ih, 0, 1)  # (T, B, G*H): the input projection at once
+        B, H = x.shape[0], w_hh.shape[1]
+        h0 = jnp.zeros((B, H), x.dtype)
+
+        if cell == "RNN":
+            def f(h, a_t):
+                h = jnp.tanh(a_t + h @ w_hh.T + b_hh)
+                return h, h
+            init = h0
+        elif cell == "LSTM":
+            def f(hc, a_t):
+                h, c = hc
+                i, fg, g, o = jnp.split(a_t + h @ w_hh.T + b_hh, 4, axis=-1)
+                c = sig(fg) * c + sig(i) * jnp.tanh(g)
+                h = sig(o) * jnp.tanh(c)
+                return (h, c), h
+            init = (h0, h0)
+        else:
+            def f(h, a_t):
+                ri, zi, ni = jnp.split(a_t, 3, axis=-1)
+                rh, zh, nh = jnp.split(h @ w_hh.T + b_hh, 3, axis=-1)
+                r, z = sig(ri + rh), sig(zi + zh)
+                n = jnp.tanh(ni + r * nh)
+                h = (1 - z) * n + z * h
+                return h, h
+            init = h0
+        _, ys = lax.scan(f, init, a)
+        return jnp.swapaxes(ys, 0, 1)
+    return layer
+
+
+def _make_jax(cell, B, T, D, H, x, dy, params, threads):
+    import jax
+    import jax.numpy as jnp
+    from jax import lax
+    layer = _jax_layer(cell, jnp, lax)
+    p = tuple(jnp.asarray(params[f"{n}_l0"]) for n in ("weight_ih", "weight_hh", "bias_ih",
+                                                       "bias_hh"))
+    xj, dyj = jnp.asarray(x), jnp.asarray(dy)
+    # The vector-Jacobian product with dy, as backward(cache, dy) computes.
+    grad = jax.jit(jax.grad(lambda p, x, dy: jnp.sum(layer(p, x) * dy), argnums=(0, 1)))
+    grad = grad.lower(p, xj, dyj).compile()  # ahead of time: no step pays for compiling
+
+    def step():
+        return jax.block_until_ready(grad(p, xj, dyj))
+    return step
+
+
+def _available(impls):
+    """Which of the optional peers asked for import here, and a note for each that does not."""
+    have, notes = {"rnnfast": True, "numpy": True}, {}
+    for name in ("torch", "jax"):
+        if name not in impls:
+            continue
+        try:
+            __import__(name)
+            have[name] = True
+        except ImportError as e:
+            have[name] = False
+            notes[name] = f"{name} not installed ({e}); skipped. pip install 'rnnfast[bench]'"
+    return have, notes
+
+
+def _versions(have):
+    import numpy as np
+    import rnnfast
+    v = {"python": platform.python_version(), "numpy": np.__version__,
+         "rnnfast": rnnfast.__version__}
+    for name in ("torch", "jax"):
+        if have.get(name):
+            v[name] = sys.modules[name].__version__
+    return v
+
+
+def _blas_info():
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return None
+    return [{k: i.get(k) for k in ("internal_api", "version", "architecture", "num_threads",
+                                   "filepath")} for i in threadpool_info()]
+
+
+def _row_steps(cell, dims, impls, threads):
+    """name -> step() for each implementation, all with the same weights, x and dy."""
+    import numpy as np
+    B, T, D, H = dims
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((B, T, D), dtype=np.float32)
+    dy = rng.standard_normal((B, T, H), dtype=np.float32)
+    steps = {}
+    ref_step, params = _make_rnnfast(cell, B, T, D, H, x, dy, "cpp", threads)
+    for impl in impls:
+        if impl == "rnnfast":
+            steps[impl] = ref_step
+        elif impl == "numpy":
+            steps[impl], _ = _make_rnnfast(cell, B, T, D, H, x, dy, "numpy", threads)
+        elif impl == "torch":
+            steps[impl] = _make_torch(cell, B, T, D, H, x, dy, params, threads)
+        elif impl == "jax":
+            steps[impl] = _make_jax(cell, B, T, D, H, x, dy, params, threads)
+    return steps
+
+
+def memory_worker(spec):
+    """Peak memory of one step for ONE implementation, every row: {"config/cell": MiB}.
+
+    Each implementation gets a process of its own, because a peer in the same process
+    changed what another's step appeared to add (the allocators of PyTorch and XLA change
+    how freed memory is returned); memory does not depend on the thread count.
+    """
+    import rnnfast
+    impl = spec["impl"]
+    have, _ = _available([impl])
+    peaks = {}
+    if not have.get(impl):
+        return peaks
+    for cfg in spec["configs"]:
+        for cell in spec["cells"]:
+            if getattr(rnnfast, cell, None) is None:
+                continue
+            step = _row_steps(cell, CONFIGS[cfg], [impl], 1)[impl]
+            if impl != "jax":  # JAX is compiled already; XLA keeps buffers after a first run
+                step()
+                step()
+            # The failure mode of this measure is reading low (a freed page reused), so
+            # the largest of three readings.
+            reads = [_peak_step_mib(step) for _ in range(3)]
+            peaks[f"{cfg}/{cell}"] = None if None in reads else max(reads)
+            del step
+    return peaks
+
+
+def worker(spec):
+    """Run every (config, cell) row at one thread count; returns a JSON-able dict."""
+    threads = spec["threads"]
+    import numpy as np
+    import rnnfast
+    if hasattr(rnnfast, "set_num_threads"):
+        rnnfast.set_num_threads(threads)
+    have, notes = _available(spec["impls"])
+    wanted = [i for i in spec["impls"] if have.get(i)]
+    out = {"threads": threads, "notes": notes, "versions": _versions(have),
+           "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else None,
+           "ceiling_start_gflops": _matmul_ceiling(spec["ceiling_repeats"]), "rows": []}
+    # Measured again at the end; the rows use the higher of the two, the conservative choice
+    # on a machine whose load changes (a fraction of the lower would flatter us).
+    out["ceiling_gflops"] = out["ceiling_start_gflops"]
+    out["build"] = getattr(rnnfast, "build_info", lambda: None)()
+    for cfg in spec["configs"]:
+        B, T, D, H = CONFIGS[cfg]
+        for cell in spec["cells"]:
+            if getattr(rnnfast, cell, None) is None:
+                out["notes"][cell] = f"rnnfast has no {cell} yet; skipped"
+                continue
+            steps = _row_steps(cell, (B, T, D, H), wanted, threads)
+            out["rows"].append(_measure(cfg, cell, (B, T, D, H), steps, spec["repeats"],
+                                        threads))
+    out["ceiling_end_gflops"] = _matmul_ceiling(spec["ceiling_repeats"])
+    out["ceiling_gflops"] = max(out["ceiling_start_gflops"], out["ceiling_end_gflops"])
+    for row in out["rows"]:
+        for r in row["impls"].values():
+            r["ceiling_fraction"] = r["gflops"] / out["ceiling_gflops"]
+    out["blas"] = _blas_info()
+    return out
+
+
+def _measure(cfg, cell, dims, steps, repeats, threads):
+    """Warm up, then time round robin; one row per implementation."""
+    target = {}
+    for name, step in steps.items():
+        step()
+        t0 = time.perf_counter()
+        step()
+        warm = time.perf_counter() - t0
+        target[name] = max(MIN_REPEATS, min(repeats, int(SLOW_BUDGET / max(warm, 1e-9))))
+    times = {name: [] for name in steps}
+    while any(len(times[n]) < target[n] for n in steps):
+        for name, step in steps.items():
+            if len(times[name]) < target[name]:
+                t0 = time.perf_counter()
+                out = step()
+                times[name].append(time.perf_counter() - t0)
+                del out
+    B, T, D, H = dims
+    flops = step_flops(cell, B, T, D, H)
+    impls = {}
+    for name, step in steps.items():
+        ts = sorted(times[name])
+        med = statistics.median(ts)
+        q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
+        impls[name] = {
+            "median_s": med, "iqr_over_median": (q[2] - q[0]) / med, "repeats": len(ts),
+            "min_s": ts[0], "throughput": B * T / med, "gflops": flops / med / 1e9,
+            "ceiling_fraction": None,  # set by worker once the ceiling is final
+            "peak_mib": None,  # from memory_worker
+        }
+    return {"config": cfg, "cell": cell, "B": B, "T": T, "D": D, "H": H, "threads": threads,
+            "flops": flops, "impls": impls}
+
+
+# -- the driver ------------------------------------------------------------------------------
+
+def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repeats=15,
+        ceiling_repeats=20, progress=None):
+    """Run the benchmark, one worker subprocess per thread count; returns the result dict."""
+    for c in configs:
+        if c not in CONFIGS:
+            raise ValueError(f"unknown config {c!r}; choose from {', '.join(CONFIGS)}")
+    for c in cells:
+        if c not in CELLS:
+            raise ValueError(f"unknown cell {c!r}; choose from {', '.join(CELLS)}")
+    for i in impls:
+        if i not in IMPLS:
+            raise ValueError(f"unknown implementation {i!r}; choose from {', '.join(IMPLS)}")
+    cpus = os.cpu_count() or 1
+    result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
+              "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
+              "runs": []}
+    for n in threads:
+        if n < 1 or n > cpus:
+            raise ValueError(f"threads must lie in [1, {cpus}] on this machine, got {n}")
+        spec = {"threads": n, "configs": list(configs), "cells": list(cells),
+                "impls": list(impls), "repeats": repeats, "ceiling_repeats": ceiling_repeats}
+        if progress:
+            progress(f"threads={n}: {len(configs)} config(s) x {len(cells)} cell(s) ...")
+        result["runs"].append(_spawn(spec))
+    for impl in impls:
+        if progress:
+            progress(f"peak memory of {impl} (a process of its own) ...")
+        spec = {"mode": "memory", "impl": impl, "threads": 1, "configs": list(configs),
+                "cells": list(cells)}
+        peaks = _spawn(spec)
+        for run_ in result["runs"]:
+            for row in run_["rows"]:
+                if impl in row["impls"]:
+                    row["impls"][impl]["peak_mib"] = peaks.get(f"{row['config']}/{row['cell']}")
+    return result
+
+
+def _spawn(spec):
+    env = dict(os.environ, **thread_env(spec["threads"]))
+    with tempfile.TemporaryDirectory() as d:
+        path = os.path.join(d, "out.json")
+        cmd = [sys.executable, "-m", "rnnfast.bench", "--worker", json.dumps(spec), path]
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, preexec_fn=_pin(spec["threads"]))
+        if proc.returncode != 0:
+            raise RuntimeError(f"benchmark worker for threads={spec['threads']} failed:\n"
+                               f"{proc.stderr[-4000:]}")
+        with open(path) as f:
+            return json.load(f)
+
+
+def _pin(n):
+    """A preexec_fn that pins the worker to the first n of our cores (None off Linux)."""
+    if not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = sorted(os.sched_getaffinity(0))[:n]
+    return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _machine():
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {"cpu": model, "cores": os.cpu_count(), "system": platform.platform()}
+
+
+# -- reporting -------------------------------------------------------------------------------
+
+def _fmt_time(s):
+    return f"{s * 1e3:9.2f}" if s < 10 else f"{s * 1e3:9.0f}"
+
+
+def format_table(result):
+    """The result as a text table: one line per (config, cell, threads, implementation).
+
+    "x rnnfast" is that implementation's median divided by rnnfast's: how many times faster
+    rnnfast is (below 1: slower).
+    """
+    lines = [f"rnnfast bench  {result['date']}  {result['machine']['cpu']}, "
+             f"{result['machine']['cores']} cores"]
+    for run in result["runs"]:
+        n = run["threads"]
+        b = run.get("build") or {}
+        lines.append("")
+        lines.append(f"threads={n}  matmul ceiling {run['ceiling_gflops']:.1f} GFLOP/s "
+                     f"(float32 numpy 1024x1024; {run['ceiling_start_gflops']:.1f} at start, "
+                     f"{run['ceiling_end_gflops']:.1f} at end)  rnnfast build: "
+                     f"arch={b.get('arch', '?')} openmp={b.get('openmp', '?')}")
+        for note in run["notes"].values():
+            lines.append(f"  note: {note}")
+        head = (f"{'config':<7} {'cell':<5} {'impl':<8} {'median ms':>9} {'IQR/med':>7} "
+                f"{'rep':>3} {'steps*B/s':>10} {'GFLOP/s':>7} {'ceil%':>6} {'peak MiB':>8} "
+                f"{'x rnnfast':>9}")
+        lines.append(head)
+        lines.append("-" * len(head))
+        for row in run["rows"]:
+            ref = row["impls"].get("rnnfast")
+            for name, r in row["impls"].items():
+                ratio = f"{r['median_s'] / ref['median_s']:9.2f}" if ref else f"{'':>9}"
+                peak = f"{r['peak_mib']:8.1f}" if r["peak_mib"] is not None else f"{'':>8}"
+                lines.append(
+                    f"{row['config']:<7} {row['cell']:<5} {name:<8} {_fmt_time(r['median_s'])} "
+                    f"{r['iqr_over_median'] * 100:6.1f}% {r['repeats']:>3} "
+                    f"{r['throughput']:10.0f} {r['gflops']:7.2f} "
+                    f"{r['ceiling_fraction'] * 100:5.1f}% {peak} {ratio}")
+        noise = [r["iqr_over_median"] for row in run["rows"] for r in row["impls"].values()]
+        if noise:
+            lines.append(f"noise: IQR/median median {statistics.median(noise) * 100:.1f}%, "
+                         f"worst {max(noise) * 100:.1f}%")
+    return "\n".join(lines)
+
+
+def plot(result, path):
+    """Bar chart of rnnfast's speed-up over each peer (log scale), one panel per thread count."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    runs = result["runs"]
+    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    for ax, run in zip(axes[:, 0], runs):
+        rows = [r for r in run["rows"] if "rnnfast" in r["impls"]]
+        peers = [p for p in IMPLS if p != "rnnfast" and any(p in r["impls"] for r in rows)]
+        width = 0.8 / max(len(peers), 1)
+        for k, peer in enumerate(peers):
+            xs, hs = [], []
+            for i, r in enumerate(rows):
+                if peer in r["impls"]:
+                    xs.append(i + k * width)
+                    hs.append(r["impls"][peer]["median_s"] / r["impls"]["rnnfast"]["median_s"])
+            ax.bar(xs, hs, width, label=f"vs {peer}")
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_yscale("log")
+        ax.set_xticks([i + width * (len(peers) - 1) / 2 for i in range(len(rows))])
+        ax.set_xticklabels([f"{r['config']}\n{r['cell']}" for r in rows], fontsize=8)
+        ax.set_ylabel("rnnfast speed-up (x)")
+        ax.set_title(f"one training step, float32, {run['threads']} thread(s)")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _worker_main(argv[1], argv[2])
+    p = argparse.ArgumentParser(prog="rnnfast bench", description=__doc__.split("\n")[0])
+    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+                   help=f"from {', '.join(f'{k}={v}' for k, v in CONFIGS.items())} "
+                        "as (B, T, D, H)")
+    p.add_argument("--cells", nargs="+", default=list(CELLS))
+    p.add_argument("--impls", nargs="+", default=list(IMPLS))
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--repeats", type=int, default=15, help="timed steps per implementation "
+                   f"(slow ones get fewer, at least {MIN_REPEATS})")
+    p.add_argument("--json", help="write the full result here")
+    p.add_argument("--plot", help="write a PNG of the speed-ups here (needs matplotlib)")
+    p.add_argument("--quick", action="store_true",
+                   help="the tiny 'quick' config, 3 repeats, 1 thread: a smoke test")
+    a = p.parse_args(argv)
+    if a.repeats < MIN_REPEATS:
+        p.error(f"--repeats must be at least {MIN_REPEATS}")
+    if a.quick:
+        a.configs, a.repeats, a.threads = ["quick"], MIN_REPEATS, [1]
+    try:
+        result = run(a.configs, a.cells, a.threads, a.impls, a.repeats,
+                     ceiling_repeats=5 if a.quick else 20,
+                     progress=lambda s: print(s, file=sys.stderr, flush=True))
+    except ValueError as e:
+        p.error(str(e))
+    print(format_table(result))
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(result, f, indent=1)
+    if a.plot:
+        plot(result, a.plot)
+    return 0
+
+
+def _worker_main(spec_json, out_path):
+    spec = json.loads(spec_json)
+    result = memory_worker(spec) if spec.get("mode") == "memory" else worker(spec)
+    with open(out_path, "w") as f:
+        json.dump(result, f)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
