@@ -94,6 +94,8 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     """
     if on_nonfinite not in ("skip", "stop"):
         raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {on_nonfinite!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if not isinstance(x, np.ndarray) or x.ndim != 3:
         _checks.check_float_array(x, "x", model.dtype, 3)
     B, T = x.shape[:2]
@@ -112,7 +114,17 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
                          "does not collect them; call model.backward(..., "
                          "return_grad_norms=True) directly")
 
+    targets = _check_targets(targets, loss, B, T)
+    # Every window's input is checked here, before the first update: a bad value at step
+    # T - 1 must not fail the call after earlier windows have changed the parameters.
+    x = _checks.as_float_array(x, "x", model.dtype, 3)
+    check = getattr(model, "check_finite", getattr(getattr(model, "recurrent", None),
+                                                   "check_finite", False))
+    if check:
+        _checks.check_finite(x, "x")
+
     window_state = state  # the state at the current window's start
+    final_state = state  # what T = 0 returns: the state unchanged
     total, updates, skipped, grad_norm = 0.0, 0, 0, float("nan")
     end = 0
     while end < T:
@@ -142,14 +154,17 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
         dlogits[:, new] = dnew
 
         # Backward through every piece, the later one first, chaining the state's gradient.
+        # An overflowed loss gradient is not handed to backward (whose check_finite would
+        # raise): the window is skipped like one whose parameter gradients overflow.
+        finite = math.isfinite(value) and bool(np.isfinite(dnew).all())
         grads, dstate, offset = None, None, logits.shape[1]
-        for (a, b), cache in reversed(list(zip(pieces, caches))):
+        for (a, b), cache in reversed(list(zip(pieces, caches)) if finite else []):
             offset -= b - a
             _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
                                           **options)
             grads = _add_grads(grads, g)
 
-        if math.isfinite(value) and _all_finite(grads):
+        if finite and _all_finite(grads):
             if clip_norm is not None:
                 grad_norm = clip.clip_grad_norm(grads, clip_norm)
             else:
@@ -175,6 +190,26 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
         # else the next window starts where this one did, from the same state
     return {"loss": total / updates if updates else float("nan"), "state": final_state,
             "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
+
+
+def _check_targets(targets, loss, B, T):
+    """Targets of the shape ``loss`` needs, checked before any update."""
+    targets = np.asarray(targets)
+    if loss.startswith("cross_entropy"):
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"targets must hold integer class indices for {loss!r}, got dtype "
+                            f"{targets.dtype}")
+        want, meaning = ((B,), "(B,)") if loss.endswith("_last") else ((B, T), "(B, T)")
+        _checks.expect_shape(targets, "targets", want, meaning)
+    else:
+        _checks.check_float_array(targets, "targets", np.float64, None)
+        want = (B,) if loss.endswith("_last") else (B, T)
+        nd = 2 if loss.endswith("_last") else 3
+        if targets.ndim != nd or targets.shape[:len(want)] != want:
+            raise ValueError(f"targets must have shape {'(B, C)' if nd == 2 else '(B, T, C)'} "
+                             f"with {'B' if nd == 2 else '(B, T)'} = {want} for {loss!r}, got "
+                             f"{_checks.shape_str(targets.shape)}")
+    return targets
 
 
 def _batches(data, batch_size, rng):
