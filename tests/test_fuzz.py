@@ -472,7 +472,9 @@ def test_fuzz_optimisers_and_clipping(case):
         assert opt.step_count == 1
         for k, p in params.items():
             assert p.dtype == np.float32 and p.shape == before[k].shape
-            if finite_input(np.asarray(grads[k], np.float32)):  # finite in the params' dtype
+            g32 = np.asarray(grads[k], np.float32)
+            # finite, with room for momentum's sums, in the params' dtype
+            if finite_input(g32) and np.abs(g32).max(initial=0) < 1e30:
                 assert np.isfinite(p).all(), k
     for fn in (clip.clip_grad_norm, clip.clip_grad_value):
         g = {k: v.copy() if isinstance(v, np.ndarray) and v.flags.writeable else v
@@ -486,7 +488,9 @@ def test_fuzz_optimisers_and_clipping(case):
                 for v in g.values():
                     assert not (np.abs(v) > limit).any()
             elif np.isfinite(out) and limit < np.inf:
-                assert clip.global_norm(g) <= limit * (1 + 1e-3) + 1e-6
+                # float16 gradients are rescaled in float16 (subnormal near 1e-4)
+                low = any(v.dtype.itemsize <= 2 for v in g.values())
+                assert clip.global_norm(g) <= limit * (1 + (2e-2 if low else 1e-3)) + 1e-6
 
 
 # -- the training loop -----------------------------------------------------------------------
