@@ -141,8 +141,9 @@ class Recurrent:
             parts, labels = state, (f"{name}[0] (h)", f"{name}[1] (c)")
         out = []
         for part, label in zip(parts, labels):
-            a = _checks.as_float_array(part, label, self.dtype, 3)
-            _checks.expect_shape(a, label, shape, "(num_layers, B, H)")
+            _checks.check_float_array(part, label, self.dtype, 3)
+            _checks.expect_shape(part, label, shape, "(num_layers, B, H)")
+            a = np.ascontiguousarray(part, dtype=self.dtype)
             if self.check_finite:
                 _checks.check_finite(a, label)
             out.append(a)
@@ -269,8 +270,9 @@ class Recurrent:
                              "this model's forward")
         B, T = cache.batch, cache.steps
         check = self.check_finite if check_finite is None else bool(check_finite)
-        dy = _checks.as_float_array(dy, "dy", self.dtype, 3)
+        _checks.check_float_array(dy, "dy", self.dtype, 3)
         _checks.expect_shape(dy, "dy", (B, T, self.hidden_size), "(B, T, hidden_size)")
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)  # converted once its shape is right
         if check:
             _checks.check_finite(dy, "dy")
         dstate_n = self._state_parts(dstate, B, "dstate")

@@ -110,13 +110,7 @@ def load(path):
     has another format version, or whose arrays do not match its model.
     """
     path = os.fspath(path)
-    with open(path, "rb") as f:  # ours to close, whatever np.load makes of the bytes
-        try:
-            with np.load(f, allow_pickle=False) as archive:
-                arrays = {k: archive[k] for k in archive.files}
-        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
-            raise ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): "
-                             f"{type(e).__name__}: {e}") from None
+    arrays = _read_arrays(path)
     meta = _read_meta(arrays, path)
     described = meta.get("arrays", {})
     for k, v in arrays.items():
@@ -132,7 +126,7 @@ def load(path):
 
     try:
         model = build(meta["model"])
-    except (TypeError, ValueError, KeyError) as e:
+    except (TypeError, ValueError, KeyError, AttributeError, MemoryError) as e:
         raise ValueError(f"{path}: its model configuration cannot be built: {e}") from None
     params = model.params
     saved = {k[len("params/"):]: v for k, v in arrays.items() if k.startswith("params/")}
@@ -159,6 +153,65 @@ def load(path):
                       int(meta.get("epoch", 0)), meta.get("metadata", {}))
 
 
+def _read_arrays(path):
+    """Every array of the ``.npz`` at ``path``, read without trusting the file.
+
+    Only what ``save`` writes is accepted: uncompressed (stored) ``.npy`` members, format
+    1.0 or 2.0, plain numeric dtypes (no objects, so nothing is unpickled). Each member's
+    header must agree with its size in the archive, and that with the archive's own size,
+    before anything is allocated: a crafted header or a zip entry declaring a huge size is
+    refused, not allocated. The CRC of every member is checked as it is read.
+    """
+    def bad(why):
+        return ValueError(f"{path} is not a readable checkpoint (truncated or corrupt?): {why}")
+
+    size = os.path.getsize(path)
+    arrays = {}
+    with open(path, "rb") as f:  # ours to close, whatever zipfile makes of the bytes
+        try:
+            with zipfile.ZipFile(f) as zf:
+                for info in zf.infolist():
+                    name = info.filename
+                    if not name.endswith(".npy") or name[:-4] in arrays:
+                        raise bad(f"unexpected member {name!r}")
+                    if info.compress_type != zipfile.ZIP_STORED or \
+                            info.file_size != info.compress_size or info.file_size > size:
+                        raise bad(f"member {name!r} declares {info.file_size} bytes "
+                                  f"(compression {info.compress_type}) in a file of {size}")
+                    with zf.open(info) as member:
+                        version = np.lib.format.read_magic(member)
+                        if version == (1, 0):
+                            shape, fortran, dtype = np.lib.format.read_array_header_1_0(member)
+                        elif version == (2, 0):
+                            shape, fortran, dtype = np.lib.format.read_array_header_2_0(member)
+                        else:
+                            raise bad(f"member {name!r} has .npy format {version}")
+                        if dtype.hasobject or dtype.kind not in "biuf" or dtype.fields:
+                            raise bad(f"member {name!r} has dtype {dtype}, not a plain number")
+                        count = 1
+                        for n in shape:
+                            count *= n
+                        want = member.tell() + count * dtype.itemsize
+                        if want != info.file_size:
+                            raise bad(f"member {name!r}: its header describes {shape} "
+                                      f"{dtype} ({want} bytes), the member holds "
+                                      f"{info.file_size}")
+                        data = member.read()  # checks the CRC at the end
+                    if len(data) != count * dtype.itemsize:
+                        raise bad(f"member {name!r} is short")
+                    arrays[name[:-4]] = np.frombuffer(data, dtype=dtype).reshape(
+                        shape, order="F" if fortran else "C").copy()
+        except ValueError as e:
+            if str(e).startswith(str(path)):
+                raise
+            raise bad(f"{type(e).__name__}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - any failure to parse the bytes is corruption
+            if isinstance(e, MemoryError):
+                raise
+            raise bad(f"{type(e).__name__}: {e}") from None
+    return arrays
+
+
 def _read_meta(arrays, path):
     raw = arrays.get("__meta__")
     if raw is None or raw.dtype != np.uint8 or raw.ndim != 1:
@@ -169,7 +222,33 @@ def _read_meta(arrays, path):
         raise ValueError(f"{path}: its metadata is not valid JSON: {e}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path} is not an rnnfast checkpoint")
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path} has checkpoint format version {meta.get('format_version')!r}; "
+    version = meta.get("format_version")
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise ValueError(f"{path} has checkpoint format version {version!r}; "
                          f"this rnnfast reads version {FORMAT_VERSION}")
+    # The JSON is the file's, not ours: every field of the type load relies on.
+    types = {"model": dict, "arrays": dict, "metadata": dict, "step": int, "epoch": int,
+             "optimizer": (dict, type(None)), "schedule": (dict, type(None))}
+    for key, want in types.items():
+        value = meta.get(key)
+        if not isinstance(value, want) or isinstance(value, bool):
+            raise ValueError(f"{path}: metadata field {key!r} must be "
+                             f"{_type_names(want)}, got {type(value).__name__}")
+    for k, d in meta["arrays"].items():
+        if not (isinstance(d, dict) and isinstance(d.get("shape"), list)
+                and all(type(n) is int for n in d["shape"]) and isinstance(d.get("dtype"), str)):
+            raise ValueError(f"{path}: metadata 'arrays'[{k!r}] must be "
+                             f"{{'shape': [ints], 'dtype': str}}, got {d!r}"[:300])
+    opt = meta["optimizer"]
+    if opt is not None and not (isinstance(opt.get("type"), str) and
+                                isinstance(opt.get("hyper"), dict) and
+                                type(opt.get("step_count")) is int and
+                                isinstance(opt.get("lr"), (int, float))):
+        raise ValueError(f"{path}: metadata 'optimizer' must hold type (str), lr (float), "
+                         f"hyper (dict) and step_count (int)")
     return meta
+
+
+def _type_names(want):
+    want = want if isinstance(want, tuple) else (want,)
+    return " or ".join("null" if t is type(None) else t.__name__ for t in want)

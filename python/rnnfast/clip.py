@@ -19,6 +19,15 @@ def _arrays(grads):
     return list(grads.values())
 
 
+def _positive(value, name):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer,
+                                                                     np.floating)):
+        raise TypeError(f"{name} must be a positive float, got {type(value).__name__}")
+    if not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return float(value)
+
+
 def global_norm(grads):
     """The L2 norm of all gradients together (each tensor's sum of squares in its own dtype,
     their total in float64)."""
@@ -32,8 +41,7 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False):
     ``min(1, max_norm / (norm + 1e-6))``. Returns the norm before clipping. With
     ``error_if_nonfinite=True`` a NaN or infinite norm raises ValueError and changes nothing.
     """
-    if not max_norm > 0:
-        raise ValueError(f"max_norm must be positive, got {max_norm!r}")
+    _positive(max_norm, "max_norm")
     arrays = _arrays(grads)
     norm = global_norm(grads)
     if not math.isfinite(norm):
@@ -49,7 +57,6 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False):
 
 def clip_grad_value(grads, clip_value):
     """Clip every gradient element to [-clip_value, clip_value], in place (min-char-rnn's ±5)."""
-    if not clip_value > 0:
-        raise ValueError(f"clip_value must be positive, got {clip_value!r}")
+    _positive(clip_value, "clip_value")
     for g in _arrays(grads):
         np.clip(g, -clip_value, clip_value, out=g)

@@ -82,6 +82,13 @@ class Linear:
         if x.shape[-1] != self.in_features:
             raise ValueError(f"x must have shape (..., in_features) with in_features = "
                              f"{self.in_features}, got {_checks.shape_str(x.shape)}")
+        rows = int(np.prod(x.shape[:-1], dtype=np.float64))
+        # Before anything is allocated (x may be a broadcast view that holds no memory):
+        # the converted x and y.
+        _checks.check_allocation(
+            rows * (self.in_features + self.out_features) * self.dtype.itemsize,
+            f"Linear({self.in_features}, {self.out_features}).forward over "
+            f"{_checks.shape_str(x.shape[:-1])} rows")
         x = np.ascontiguousarray(x, dtype=self.dtype)
         if self.check_finite if check_finite is None else check_finite:
             _checks.check_finite(x, "x")
@@ -96,9 +103,10 @@ class Linear:
         if not isinstance(cache, LinearCache) or cache.owner is not self._token:
             raise ValueError("cache must be the cache returned by this Linear's forward")
         x = cache.x
-        dy = _checks.as_float_array(dy, "dy", self.dtype, x.ndim)
+        _checks.check_float_array(dy, "dy", self.dtype, x.ndim)
         _checks.expect_shape(dy, "dy", x.shape[:-1] + (self.out_features,),
                              "(..., out_features)")
+        dy = np.ascontiguousarray(dy, dtype=self.dtype)  # converted once its shape is right
         if self.check_finite:
             _checks.check_finite(dy, "dy")
         weight, bias = self._checked_params()

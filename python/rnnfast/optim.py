@@ -29,6 +29,8 @@ class Optimizer:
         for name, p in params.items():
             if not isinstance(p, np.ndarray) or p.dtype.kind != "f":
                 raise TypeError(f"params[{name!r}] must be a floating ndarray")
+        if isinstance(lr, bool) or not isinstance(lr, (int, float, np.integer, np.floating)):
+            raise TypeError(f"lr must be a float, got {type(lr).__name__}")
         if not lr >= 0:
             raise ValueError(f"lr must be >= 0, got {lr!r}")
         for key, value in hyper.items():
@@ -64,9 +66,12 @@ class Optimizer:
                              f"unexpected {extra}")
         for name, g in grads.items():
             p = self.params[name]
-            if not isinstance(g, np.ndarray) or g.shape != p.shape:
-                raise ValueError(f"grads[{name!r}] must have shape {p.shape}, got "
-                                 f"{getattr(g, 'shape', type(g).__name__)}")
+            if not isinstance(g, np.ndarray) or g.dtype.kind not in "fiu":
+                # all checked before the first update, so a bad entry changes nothing
+                raise TypeError(f"grads[{name!r}] must be a real ndarray of shape {p.shape}, "
+                                f"got {g.dtype if isinstance(g, np.ndarray) else type(g).__name__}")
+            if g.shape != p.shape:
+                raise ValueError(f"grads[{name!r}] must have shape {p.shape}, got {g.shape}")
         self.step_count += 1
         for name, p in self.params.items():
             self._update(name, p, np.asarray(grads[name], dtype=p.dtype))

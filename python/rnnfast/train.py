@@ -59,6 +59,42 @@ def _add_grads(total, grads):
     return total
 
 
+def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
+    """One window of truncated BPTT: forward over ``pieces`` (one, or two split where the next
+    window will start, so that its start state is kept), the loss on steps [prev_end, end),
+    backward through every piece.
+
+    Returns (loss, grads, state at the end, state at the split); grads is None when the loss
+    or a gradient is not finite, and then backward is not run on a non-finite loss gradient.
+    """
+    start, end = pieces[0][0], pieces[-1][1]
+    caches, outs, s, cut_state = [], [], state, None
+    for a, b in pieces:
+        out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
+        caches.append(cache)
+        outs.append(out)
+        if b != end:
+            cut_state = s
+    logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
+
+    new = slice(prev_end - start, end - start)
+    win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
+    value, dnew = sequence_loss(loss, logits[:, new], win_targets,
+                                _window_lengths(lengths, prev_end, end))
+    if not (math.isfinite(value) and np.isfinite(dnew).all()):
+        return value, None, s, cut_state
+    dlogits = np.zeros_like(logits)
+    dlogits[:, new] = dnew
+    # The later piece first, chaining the gradient of the state between them.
+    grads, dstate, offset = None, None, logits.shape[1]
+    for (a, b), cache in reversed(list(zip(pieces, caches))):
+        offset -= b - a
+        _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
+                                      **options)
+        grads = _add_grads(grads, g)
+    return value, grads if _all_finite(grads) else None, s, cut_state
+
+
 def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
                    loss="cross_entropy", k1=None, k2=None, clip_norm=None, clip_value=None,
                    on_nonfinite="skip", backward_options=None):
@@ -94,6 +130,8 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     """
     if on_nonfinite not in ("skip", "stop"):
         raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {on_nonfinite!r}")
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
     if not isinstance(x, np.ndarray) or x.ndim != 3:
         _checks.check_float_array(x, "x", model.dtype, 3)
     B, T = x.shape[:2]
@@ -112,7 +150,17 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
                          "does not collect them; call model.backward(..., "
                          "return_grad_norms=True) directly")
 
+    targets = _check_targets(targets, loss, B, T)
+    # Every window's input is checked here, before the first update: a bad value at step
+    # T - 1 must not fail the call after earlier windows have changed the parameters.
+    x = _checks.as_float_array(x, "x", model.dtype, 3)
+    check = getattr(model, "check_finite", getattr(getattr(model, "recurrent", None),
+                                                   "check_finite", False))
+    if check:
+        _checks.check_finite(x, "x")
+
     window_state = state  # the state at the current window's start
+    final_state = state  # what T = 0 returns: the state unchanged
     total, updates, skipped, grad_norm = 0.0, 0, 0, float("nan")
     end = 0
     # An overflow anywhere in a window is dealt with (its update is skipped), not warned about.
@@ -123,37 +171,9 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
             next_start = max(0, min(end + k1, T) - k2)  # where the next window will start
             cut = next_start if start < next_start < end else None
             pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
-
-            # Forward over the window, in one piece or two so the next window's start state is kept.
-            caches, outs, s, cut_state = [], [], window_state, None
-            for a, b in pieces:
-                out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
-                caches.append(cache)
-                outs.append(out)
-                if b == cut:
-                    cut_state = s
-            final_state = s
-            logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-
-            # The loss on the new outputs only: steps [prev_end, end) of the sequence.
-            new = slice(prev_end - start, end - start)
-            win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
-            value, dnew = sequence_loss(loss, logits[:, new], win_targets,
-                                        _window_lengths(lengths, prev_end, end))
-            finite = math.isfinite(value) and np.isfinite(dnew).all()
-            if finite:
-                dlogits = np.zeros_like(logits)
-                dlogits[:, new] = dnew
-                # Backward through every piece, the later one first, chaining the state's gradient.
-                grads, dstate, offset = None, None, logits.shape[1]
-                for (a, b), cache in reversed(list(zip(pieces, caches))):
-                    offset -= b - a
-                    _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
-                                                  **options)
-                    grads = _add_grads(grads, g)
-                finite = _all_finite(grads)
-
-            if finite:
+            value, grads, final_state, cut_state = _window(
+                model, x, targets, lengths, loss, pieces, prev_end, window_state, options)
+            if grads is not None:
                 if clip_norm is not None:
                     grad_norm = clip.clip_grad_norm(grads, clip_norm)
                 else:
@@ -171,7 +191,8 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
                         f"learning rate, clip gradients (clip_norm=...), or pass "
                         f"on_nonfinite='skip'")
                 skipped += 1
-                window_state = final_state = cut_state = None  # restart from zeros, not from NaN
+                final_state = cut_state = None  # restart from zeros, not from NaN
+                window_state = None
             if next_start == end:
                 window_state = final_state
             elif cut is not None:
@@ -179,6 +200,26 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
             # else the next window starts where this one did, from the same state
     return {"loss": total / updates if updates else float("nan"), "state": final_state,
             "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
+
+
+def _check_targets(targets, loss, B, T):
+    """Targets of the shape ``loss`` needs, checked before any update."""
+    targets = np.asarray(targets)
+    if loss.startswith("cross_entropy"):
+        if targets.dtype.kind not in "iu":
+            raise TypeError(f"targets must hold integer class indices for {loss!r}, got dtype "
+                            f"{targets.dtype}")
+        want, meaning = ((B,), "(B,)") if loss.endswith("_last") else ((B, T), "(B, T)")
+        _checks.expect_shape(targets, "targets", want, meaning)
+    else:
+        _checks.check_float_array(targets, "targets", np.float64, None)
+        want = (B,) if loss.endswith("_last") else (B, T)
+        nd = 2 if loss.endswith("_last") else 3
+        if targets.ndim != nd or targets.shape[:len(want)] != want:
+            raise ValueError(f"targets must have shape {'(B, C)' if nd == 2 else '(B, T, C)'} "
+                             f"with {'B' if nd == 2 else '(B, T)'} = {want} for {loss!r}, got "
+                             f"{_checks.shape_str(targets.shape)}")
+    return targets
 
 
 def _batches(data, batch_size, rng):
