@@ -401,6 +401,19 @@ void def_gru(py::module_& m) {
         "when the layer has none. " STEP_OPTIONS_DOC);
 }
 
+// True when no element is NaN or infinite. The models call it on x and dy at every step, so it
+// is one vectorised pass with no temporary: v * 0 is 0 for a finite v and NaN for NaN or ±inf,
+// so the sum of v * 0 is 0 exactly when every element is finite. The GIL is let go only where
+// the pass is long.
+template <typename T>
+bool all_finite(const py::array_t<T, py::array::c_style>& a) {
+  if (a.ndim() != 1) throw std::invalid_argument("all_finite takes a 1-D array");
+  const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> v(a.data(), a.shape(0));
+  if (v.size() < (Index(1) << 16)) return (v * T(0)).sum() == T(0);
+  py::gil_scoped_release release;
+  return (v * T(0)).sum() == T(0);
+}
+
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -413,6 +426,10 @@ PYBIND11_MODULE(_core, m) {
   def_gru<double>(m);
 
   // Threads of Eigen's products (OpenMP builds; otherwise always 1). Default: OMP_NUM_THREADS.
+  m.def("all_finite", &all_finite<float>, py::arg("a").noconvert());
+  m.def("all_finite", &all_finite<double>, py::arg("a").noconvert(),
+        "True when no element of the 1-D array a is NaN or infinite.");
+
   m.def("set_num_threads", [](int n) { Eigen::setNbThreads(n); }, py::arg("n"));
   m.def("get_num_threads", []() { return Eigen::nbThreads(); });
 }

@@ -72,6 +72,7 @@ class Recurrent:
         self.check_finite = bool(check_finite)
         self.seed = seed
         self._token = object()  # identifies this model's caches
+        self._param_shapes = self._shapes()  # fixed by the constructor's arguments
         self.params = self._init_params(np.random.default_rng(seed))
 
     # -- parameters -------------------------------------------------------------------------
@@ -91,7 +92,7 @@ class Recurrent:
 
     def _init_params(self, rng):
         """PyTorch's default: every parameter drawn from U(-1/sqrt(H), 1/sqrt(H))."""
-        shapes = self._shapes()
+        shapes = self._param_shapes
         total = sum(int(np.prod(s, dtype=np.float64)) for s in shapes.values())
         _checks.check_allocation(
             total * self.dtype.itemsize,
@@ -109,7 +110,7 @@ class Recurrent:
         wrong shape, dtype or layout is refused here, before it can reach C++.
         """
         layers = []
-        for name, shape in self._shapes().items():
+        for name, shape in self._param_shapes.items():
             a = self.params.get(name)
             if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
                     or not a.flags.c_contiguous:
