@@ -67,3 +67,11 @@ def test_adding_problem_data():
     assert abs(((y - 1.0) ** 2).mean() - ADDING_BASELINE_MSE) < 0.03
     with pytest.raises(ValueError, match="T must be at least 2"):
         adding_problem(3, 1)
+
+
+def test_bench_subcommand_is_the_benchmark(capsys):
+    assert cli.main(["bench", "--quick", "--impls", "rnnfast", "--cells", "RNN"]) == 0
+    assert "RNN" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        cli.main(["bench", "--help"])
+    assert "--configs" in capsys.readouterr().out

@@ -267,3 +267,45 @@ def test_schedules_match_torch(sched, kw):
         t_opt.step()
         theirs.step()
         assert ours.step() == pytest.approx(t_opt.param_groups[0]["lr"], rel=1e-12)
+
+
+# -- initialisation ---------------------------------------------------------------------------
+
+def test_identity_init_is_irnn():
+    m = rnnfast.init.identity(rnnfast.RNN(3, 5, num_layers=2, nonlinearity="relu", seed=0),
+                              scale=0.9, input_std=0.001, seed=1)
+    for k in range(2):
+        np.testing.assert_array_equal(m.params[f"weight_hh_l{k}"], 0.9 * np.eye(5, dtype=np.float32))
+        assert not m.params[f"bias_ih_l{k}"].any() and not m.params[f"bias_hh_l{k}"].any()
+        assert m.params[f"weight_ih_l{k}"].std() < 0.01
+    with pytest.raises(TypeError, match="for RNN models"):
+        rnnfast.init.identity(rnnfast.LSTM(3, 5))
+
+
+@pytest.mark.parametrize("cls", [rnnfast.RNN, rnnfast.LSTM, rnnfast.GRU])
+def test_orthogonal_init_gives_orthonormal_gate_blocks(cls):
+    m = rnnfast.init.orthogonal(cls(3, 6, num_layers=2, dtype=np.float64, seed=0), gain=2.0,
+                                seed=3)
+    for k in range(2):
+        w = m.params[f"weight_hh_l{k}"]
+        for g in range(m.gates):
+            block = w[g * 6:(g + 1) * 6]
+            np.testing.assert_allclose(block @ block.T, 4.0 * np.eye(6), atol=1e-12)
+    again = rnnfast.init.orthogonal(cls(3, 6, num_layers=2, dtype=np.float64, seed=0), gain=2.0,
+                                    seed=3)
+    np.testing.assert_array_equal(again.params["weight_hh_l1"], m.params["weight_hh_l1"])
+
+
+def test_forget_bias_sets_the_f_slice_only():
+    m = rnnfast.LSTM(3, 4, num_layers=2, seed=0)
+    before = {k: v.copy() for k, v in m.params.items()}
+    rnnfast.init.forget_bias(m, 1.0)
+    for k in range(2):
+        b_ih, b_hh = m.params[f"bias_ih_l{k}"], m.params[f"bias_hh_l{k}"]
+        np.testing.assert_array_equal(b_ih[4:8] + b_hh[4:8], 1.0)
+        for s in (slice(0, 4), slice(8, 16)):
+            np.testing.assert_array_equal(b_ih[s], before[f"bias_ih_l{k}"][s])
+    with pytest.raises(TypeError, match="for LSTM models"):
+        rnnfast.init.forget_bias(rnnfast.GRU(3, 4))
+    with pytest.raises(ValueError, match="bias=True"):
+        rnnfast.init.forget_bias(rnnfast.LSTM(3, 4, bias=False))

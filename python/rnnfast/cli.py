@@ -84,10 +84,19 @@ def build_parser():
     e.add_argument("--out", metavar="DIR", default="experiment_figures",
                    help="directory for the PNG figures (default: experiment_figures)")
     e.set_defaults(func=_experiment)
+
+    # Listed here for --help; its own options are parsed by rnnfast.bench (see main).
+    sub.add_parser("bench", add_help=False,
+                   help="time one training step against the NumPy reference, PyTorch and "
+                        "JAX (rnnfast bench --help)")
     return parser
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:
+        from . import bench
+        return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "clip_norm", None) == 0:
         args.clip_norm = None
