@@ -10,8 +10,6 @@ remember across up to T steps — hard for a tanh RNN, routine for an LSTM or a 
 
 import argparse
 
-import numpy as np
-
 import rnnfast
 from rnnfast.tasks import ADDING_BASELINE_MSE, adding_problem
 

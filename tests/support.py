@@ -76,3 +76,18 @@ def run_step(model, x, state, lengths, dy, dstate):
         out[f"dstate0[{i}]"] = p
     out.update({f"d{k}": v for k, v in grads.items()})
     return out
+
+
+def numeric_grad(f, a, eps=1e-6):
+    """Central differences of f() with respect to every element of a (perturbed in place and
+    restored)."""
+    g = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        keep = a[i]
+        a[i] = keep + eps
+        up = f()
+        a[i] = keep - eps
+        down = f()
+        a[i] = keep
+        g[i] = (up - down) / (2 * eps)
+    return g

@@ -6,26 +6,13 @@ import pytest
 
 import rnnfast
 from rnnfast import clip, losses, optim
-from support import rel_err
+from support import numeric_grad, rel_err
 
 try:
     import torch
 except ImportError:  # torch is an optional peer
     torch = None
 needs_torch = pytest.mark.skipif(torch is None, reason="torch is not installed")
-
-
-def numeric_grad(f, a, eps=1e-6):
-    g = np.zeros_like(a)
-    for i in np.ndindex(a.shape):
-        keep = a[i]
-        a[i] = keep + eps
-        up = f()
-        a[i] = keep - eps
-        down = f()
-        a[i] = keep
-        g[i] = (up - down) / (2 * eps)
-    return g
 
 
 # -- Linear -----------------------------------------------------------------------------------

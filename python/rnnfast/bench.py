@@ -305,7 +305,6 @@ def memory_worker(spec):
 def worker(spec):
     """Run every (config, cell) row at one thread count; returns a JSON-able dict."""
     threads = spec["threads"]
-    import numpy as np
     import rnnfast
     if hasattr(rnnfast, "set_num_threads"):
         rnnfast.set_num_threads(threads)
