@@ -8,8 +8,10 @@ import pytest
 import rnnfast
 from support import as_parts, make, random_lengths, rel_err, state_like
 
-# Above split_count's threshold (B*T*4H*(D+H) >= 2^22 MACs), B not a multiple of 2 or 3.
-B, T, D, H = 7, 50, 24, 48
+# Above split_count's threshold (B*T*G*H*(D+H) >= 2^22 MACs, G = 1 for the RNN), B not a
+# multiple of 2 or 3.
+SPLIT_CELLS = ["lstm", "rnn_tanh", "rnn_relu"]
+B, T, D, H = 7, 100, 24, 96
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
 
@@ -47,9 +49,10 @@ def _data(model, lengths_mode, seed=0):
 @pytest.mark.parametrize("lengths_mode", ["none", "partial"])
 @pytest.mark.parametrize("clip", [None, 0.5])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_lstm_split_matches_reference_and_repeats(threads, n, lengths_mode, clip, dtype):
-    fast = make("lstm", D, H, L=2, dtype=dtype, seed=3)
-    ref = make("lstm", D, H, L=2, dtype=np.float64, seed=3, backend="numpy")
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_split_matches_reference_and_repeats(threads, cell, n, lengths_mode, clip, dtype):
+    fast = make(cell, D, H, L=2, dtype=dtype, seed=3)
+    ref = make(cell, D, H, L=2, dtype=np.float64, seed=3, backend="numpy")
     ref.params = {k: np.asarray(v, np.float64) for k, v in fast.params.items()}
     data = _data(fast, lengths_mode)
     threads(n)
@@ -61,8 +64,9 @@ def test_lstm_split_matches_reference_and_repeats(threads, n, lengths_mode, clip
         np.testing.assert_array_equal(got[k], again[k], err_msg=k)
 
 
-def test_lstm_serial_unchanged_by_split(threads):
-    model = make("lstm", D, H, dtype=np.float32, seed=1)
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_serial_unchanged_by_split(threads, cell):
+    model = make(cell, D, H, dtype=np.float32, seed=1)
     data = _data(model, "partial", seed=1)
     threads(1)
     serial = _step(model, *data, None)
