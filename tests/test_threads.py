@@ -1,4 +1,4 @@
-"""rnnfast.set_num_threads(n > 1): a layer call big enough splits its batch over n threads
+"""rnnfast.set_num_threads(n > 1): an RNN, GRU or LSTM layer call big enough splits its batch over n threads
 (cpp/common.hpp split_count). The split must match the NumPy reference like the serial path,
 repeat bit for bit, and leave the serial (n = 1) results untouched."""
 
@@ -8,9 +8,9 @@ import pytest
 import rnnfast
 from support import as_parts, make, random_lengths, rel_err, state_like
 
-# Above split_count's threshold (B*T*G*H*(D+H) >= 2^22 MACs, G = 1 for the RNN), B not a
-# multiple of 2 or 3.
-SPLIT_CELLS = ["lstm", "rnn_tanh", "rnn_relu"]
+# Above split_count's threshold (B*T*G*H*(D+H) >= 2^22 MACs, G = 1, 3, 4 for RNN, GRU,
+# LSTM), B not a multiple of 2 or 3.
+SPLIT_CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
 B, T, D, H = 7, 100, 24, 96
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
