@@ -193,14 +193,13 @@ class StepProduct {
     const auto& a = LhsTraits::extract(lhs);
     const auto& b = RhsTraits::extract(rhs);
     const T alpha = combine_scalar_factors(T(1), lhs, rhs);
-    general_matrix_matrix_product<Index, T, (A::Flags & RowMajorBit) ? RowMajor : ColMajor, false,
-                                  T, (Bm::Flags & RowMajorBit) ? RowMajor : ColMajor, false,
-                                  (D::Flags & RowMajorBit) ? RowMajor : ColMajor,
-                                  D::InnerStrideAtCompileTime>::run(rows_, cols_, depth_,
-                                                                    &a.coeffRef(0, 0), a.outerStride(),
-                                                                    &b.coeffRef(0, 0), b.outerStride(),
-                                                                    &dst.coeffRef(0, 0), dst.innerStride(),
-                                                                    dst.outerStride(), alpha, blocking_);
+    using Gemm = general_matrix_matrix_product<
+        Index, T, (A::Flags & RowMajorBit) ? RowMajor : ColMajor, false, T,
+        (Bm::Flags & RowMajorBit) ? RowMajor : ColMajor, false,
+        (D::Flags & RowMajorBit) ? RowMajor : ColMajor, D::InnerStrideAtCompileTime>;
+    Gemm::run(rows_, cols_, depth_, &a.coeffRef(0, 0), a.outerStride(), &b.coeffRef(0, 0),
+              b.outerStride(), &dst.coeffRef(0, 0), dst.innerStride(), dst.outerStride(), alpha,
+              blocking_);
   }
 
   template <typename Dst, typename Lhs, typename Rhs>

@@ -1,6 +1,6 @@
-"""rnnfast.set_num_threads(n > 1): an RNN, GRU or LSTM layer call big enough splits its batch over n threads
-(cpp/common.hpp split_count). The split must match the NumPy reference like the serial path,
-repeat bit for bit, and leave the serial (n = 1) results untouched."""
+"""rnnfast.set_num_threads(n > 1): an RNN, GRU or LSTM layer call big enough splits its batch
+over n threads (cpp/common.hpp split_count). The split must match the NumPy reference like the
+serial path, repeat bit for bit, and leave the serial (n = 1) results untouched."""
 
 import numpy as np
 import pytest
