@@ -430,6 +430,12 @@ PYBIND11_MODULE(_core, m) {
   m.def("all_finite", &all_finite<double>, py::arg("a").noconvert(),
         "True when no element of the 1-D array a is NaN or infinite.");
 
-  m.def("set_num_threads", [](int n) { Eigen::setNbThreads(n); }, py::arg("n"));
-  m.def("get_num_threads", []() { return Eigen::nbThreads(); });
+  // rnnfast's own threads (batch split of a layer call, common.hpp split_count) and, in OpenMP
+  // builds, Eigen's: set together.
+  rnnfast::num_threads().store(std::max(1, Eigen::nbThreads()));
+  m.def("set_num_threads", [](int n) {
+    Eigen::setNbThreads(n);
+    rnnfast::num_threads().store(std::max(1, n));
+  }, py::arg("n"));
+  m.def("get_num_threads", []() { return rnnfast::num_threads().load(); });
 }

@@ -9,7 +9,12 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
+#include <atomic>
+#include <thread>
 #include <type_traits>
+#include <utility>
+#include <vector>
 
 namespace rnnfast {
 
@@ -104,6 +109,120 @@ void clip_rows_and_norms(Block&& dh_total, const StepOptions<T>& opt,
   }
 }
 
+// -- threads --------------------------------------------------------------------------------
+// rnnfast.set_num_threads(n). Default 1 (set at import from Eigen::nbThreads(), which is 1
+// unless the build has OpenMP).
+inline std::atomic<int>& num_threads() {
+  static std::atomic<int> n{1};
+  return n;
+}
+
+// The sequences of a batch are independent in both time loops, so a layer call splits its
+// batch into contiguous chunks, one thread each, and every thread runs the whole loop on its
+// rows: no synchronisation per step (a per-step split of the recurrent product would need two
+// barriers per step, 2·T per call). Worth it when a call has enough work to pay for starting a
+// thread (~50 µs): MACs of the layer's products ≥ 2^22 (~0.1 ms). Returns the number of chunks;
+// 1 means the exact serial code path, bit for bit as without threads. For a given count, the
+// chunks and so the results are always the same.
+inline int split_count(const Dims& d, Index G) {
+  const int n = num_threads().load(std::memory_order_relaxed);
+  if (n <= 1 || d.B < 2) return 1;
+  const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.H);
+  if (macs < double(1 << 22)) return 1;
+  return int(std::min<Index>(n, d.B));
+}
+
+// fn(begin, end) for `chunks` contiguous chunks of [0, n): chunk k is [n·k/chunks,
+// n·(k+1)/chunks). Chunk 0 runs on the calling thread; if a thread cannot be started its chunk
+// runs on the calling thread too (same result). fn must not throw.
+template <typename F>
+void parallel_chunks(Index n, int chunks, F&& fn) {
+  if (chunks <= 1 || n < 2) {
+    fn(Index(0), n);
+    return;
+  }
+  std::vector<std::thread> pool;
+  pool.reserve(chunks - 1);
+  for (int k = 1; k < chunks; ++k) {
+    const Index b = n * k / chunks, e = n * (k + 1) / chunks;
+    try {
+      pool.emplace_back([&fn, b, e] { fn(b, e); });
+    } catch (...) {
+      fn(b, e);
+    }
+  }
+  fn(Index(0), n / chunks);
+  for (auto& t : pool) t.join();
+}
+
+// The recurrent product of one timestep, dst (+)= lhs * rhs, with Eigen's packing buffers
+// allocated once per call instead of once per step.
+//
+// Eigen's GEMM allocates its packing buffers on every product; above
+// EIGEN_STACK_ALLOCATION_LIMIT (128 KB) that is a heap allocation, which glibc serves with
+// mmap/munmap, so every step paid for fresh pages (measured at the large LSTM config, 1 thread:
+// ~15% of a training step). StepProduct keeps one gemm_blocking_space for the whole loop and
+// calls the same kernel with the same blocking sizes that `dst.noalias() += lhs * rhs` uses, so
+// the result is bit for bit the same. The products always run on the calling thread: under
+// OpenMP, only the big products outside the time loop are split across threads (a per-step
+// product is too small to pay for waking a team of threads 2·T times).
+// Products Eigen does as GEMV (a dimension of 1, e.g. batch 1) keep the ordinary expression.
+template <typename T>
+class StepProduct {
+ public:
+  StepProduct(Index rows, Index cols, Index depth)
+      : blocking_(rows, cols, depth, 1, true), rows_(rows), cols_(cols), depth_(depth) {
+    if (use_gemm()) blocking_.allocateAll();
+  }
+
+  template <typename Dst, typename Lhs, typename Rhs>
+  void add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
+    eigen_assert(dst.rows() == rows_ && dst.cols() == cols_ && lhs.cols() == depth_);
+    if (!use_gemm()) {
+      dst.noalias() += lhs * rhs;
+      return;
+    }
+    using namespace Eigen;
+    using namespace Eigen::internal;
+    using D = std::decay_t<Dst>;
+    using LhsTraits = blas_traits<Lhs>;
+    using RhsTraits = blas_traits<Rhs>;
+    using A = typename remove_all<typename LhsTraits::DirectLinearAccessType>::type;
+    using Bm = typename remove_all<typename RhsTraits::DirectLinearAccessType>::type;
+    static_assert(!LhsTraits::NeedToConjugate && !RhsTraits::NeedToConjugate, "real only");
+    const auto& a = LhsTraits::extract(lhs);
+    const auto& b = RhsTraits::extract(rhs);
+    const T alpha = combine_scalar_factors(T(1), lhs, rhs);
+    using Gemm = general_matrix_matrix_product<
+        Index, T, (A::Flags & RowMajorBit) ? RowMajor : ColMajor, false, T,
+        (Bm::Flags & RowMajorBit) ? RowMajor : ColMajor, false,
+        (D::Flags & RowMajorBit) ? RowMajor : ColMajor, D::InnerStrideAtCompileTime>;
+    Gemm::run(rows_, cols_, depth_, &a.coeffRef(0, 0), a.outerStride(), &b.coeffRef(0, 0),
+              b.outerStride(), &dst.coeffRef(0, 0), dst.innerStride(), dst.outerStride(), alpha,
+              blocking_);
+  }
+
+  template <typename Dst, typename Lhs, typename Rhs>
+  void assign(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
+    if (!use_gemm()) {
+      dst.noalias() = lhs * rhs;
+      return;
+    }
+    dst.setZero();
+    add(dst, lhs, rhs);
+  }
+
+ private:
+  // Eigen's own test in generic_product_impl::scaleAndAddTo, with
+  // EIGEN_GEMM_TO_COEFFBASED_THRESHOLD = 0 (CMakeLists.txt).
+  bool use_gemm() const { return rows_ > 1 && cols_ > 1 && depth_ > 0; }
+
+  Eigen::internal::gemm_blocking_space<Eigen::RowMajor, T, T, Eigen::Dynamic, Eigen::Dynamic,
+                                       Eigen::Dynamic>
+      blocking_;
+  Index rows_, cols_, depth_;
+};
+
 // σ(a) = (1 + tanh(a/2)) / 2, in place. Equal to 1 / (1 + exp(-a)), but no intermediate can
 // overflow, so a saturated gate is exactly 0 or 1 and never inf or NaN, in float32 too.
 template <typename Block>
@@ -167,6 +286,29 @@ void recurrent_weight_grad(MatrixMap<T> dw_hh, const T* dah, const T* y, const T
   dw_hh.noalias() += dah_first.transpose() * ConstMatrixMap<T>(h0, d.B, d.H);
   if (d.B > 1) {
     dw_hh.noalias() -= dah_first.bottomRows(d.B - 1).transpose() * y_last.topRows(d.B - 1);
+  }
+}
+
+// Rows [r0, r0 + nr) of dW_hh only (columns r0.. of dah): recurrent_weight_grad split over
+// threads. Each block is its own product, so the result depends on the split (the same split
+// gives the same bits).
+template <typename T>
+void recurrent_weight_grad_rows(MatrixMap<T> dw_hh, const T* dah, const T* y, const T* h0,
+                                const Dims& d, Index GH, Index r0, Index nr) {
+  const Index BT = d.B * d.T;
+  auto dw = dw_hh.middleRows(r0, nr);
+  if (BT == 0) {
+    dw.setZero();
+    return;
+  }
+  ConstMatrixMap<T> dah_all(dah, BT, GH);
+  ConstMatrixMap<T> y_all(y, BT, d.H);
+  dw.noalias() = dah_all.bottomRows(BT - 1).middleCols(r0, nr).transpose() * y_all.topRows(BT - 1);
+  const auto dah_first = at_step(dah, d.B, d.T, GH, 0).middleCols(r0, nr);
+  const auto y_last = at_step(y, d.B, d.T, d.H, d.T - 1);
+  dw.noalias() += dah_first.transpose() * ConstMatrixMap<T>(h0, d.B, d.H);
+  if (d.B > 1) {
+    dw.noalias() -= dah_first.bottomRows(d.B - 1).transpose() * y_last.topRows(d.B - 1);
   }
 }
 

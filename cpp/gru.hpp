@@ -47,8 +47,9 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
 // Outputs: y (B, T, H), h_n (B, H), gates (B, T, 3H) the activated r, z, n, a_hn (B, T, H).
 // Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
-void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const LayerWeights<T>& w,
-             const std::int64_t* lengths, const ForwardWorkspace<T>& ws, const Dims& d) {
+void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
+                  const LayerWeights<T>& w, const std::int64_t* lengths,
+                  const ForwardWorkspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as the input side of the pre-activations, for all steps at once; the loop
   // adds the recurrent side and activates in place.
@@ -56,11 +57,12 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   MatrixMap<T> ah(ws.ah, B, 3 * H);
+  StepProduct<T> recurrent(B, 3 * H, H);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(gates, B, T_, 3 * H, t);  // (B, 3H)
     auto a_hn_t = at_step(a_hn, B, T_, H, t);
     auto h_t = at_step(y, B, T_, H, t);
-    ah.noalias() = h * w.w_hh.transpose();  // all three gates in one product
+    recurrent.assign(ah, h, w.w_hh.transpose());  // all three gates in one product
     a.leftCols(2 * H) += ah.leftCols(2 * H);
     sigmoid_in_place(a.leftCols(2 * H));  // r, z
     a_hn_t = ah.rightCols(H);
@@ -86,15 +88,34 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
   }
 }
 
+// The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
+template <typename T>
+void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const LayerWeights<T>& w,
+             const std::int64_t* lengths, const ForwardWorkspace<T>& ws, const Dims& d) {
+  const int n = split_count(d, 3);
+  if (n == 1) {
+    forward_rows<T>(y, h_n, gates, a_hn, x, h0, w, lengths, ws, d);
+    return;
+  }
+  const Index T_ = d.T, D = d.D, H = d.H;
+  parallel_chunks(d.B, n, [&](Index b0, Index b1) {
+    const ForwardWorkspace<T> w_{ws.ah + b0 * 3 * H};
+    forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H,
+                    x + b0 * T_ * D, h0 + b0 * H, w, lengths == nullptr ? nullptr : lengths + b0,
+                    w_, Dims{b1 - b0, T_, D, H});
+  });
+}
+
 // Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
 // forward's x, h0, y, gates, a_hn; dy (B, T, H); dh_n (B, H), the gradient reaching the final
 // state; opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
-void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
-              const T* gates, const T* a_hn, const LayerWeights<T>& w,
-              const std::int64_t* lengths, const T* dy, const T* dh_n,
-              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_hn,
+                   const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
+                   const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
+                   const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
+  StepProduct<T> recurrent(B, H, 3 * H);
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dah(ws.dah, B, 3 * H), dh_total(ws.dh_total, B, H), dh_prev(ws.dh_prev, B, H);
@@ -126,26 +147,64 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     // [a_r a_z a_hn] = ... + h_{t-1} W_hh^T and h_t = ... + z ⊙ h_{t-1}
     //   =>  dh_{t-1} = dah_t W_hh + dh_t ⊙ z
     if (lengths == nullptr) {
-      dh.noalias() = dah * w.w_hh;
+      recurrent.assign(dh, dah, w.w_hh);
       dh += dh_total.cwiseProduct(z);
       continue;
     }
-    dh_prev.noalias() = dah * w.w_hh;
+    recurrent.assign(dh_prev, dah, w.w_hh);
     dh_prev += dh_total.cwiseProduct(z);
     for (Index b = 0; b < B; ++b)  // a frozen state passes its gradient through unchanged
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
   }
+}
+
+// With threads (split_count), the time loop and dx are split by batch rows, the weight
+// gradients by their rows, as in lstm::backward.
+template <typename T>
+void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+              const T* gates, const T* a_hn, const LayerWeights<T>& w,
+              const std::int64_t* lengths, const T* dy, const T* dh_n,
+              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
+  const int nt = split_count(d, 3);
   MatrixMap<T> da_all(ws.da, B * T_, 3 * H);
-  MatrixMap<T> dx_all(dx, B * T_, d.D);
-  input_projection_backward<T>(dx_all, g, ConstMatrixMap<T>(ws.da, B * T_, 3 * H),
-                               ConstMatrixMap<T>(x, B * T_, d.D), w);
+  const ConstMatrixMap<T> x_all(x, B * T_, D);
+  if (nt == 1) {
+    backward_loop<T>(dh0, h0, y, gates, a_hn, w, lengths, dy, dh_n, opt, ws, d);
+    MatrixMap<T> dx_all(dx, B * T_, D);
+    input_projection_backward<T>(dx_all, g, ConstMatrixMap<T>(ws.da, B * T_, 3 * H), x_all, w);
+  } else {
+    parallel_chunks(B, nt, [&](Index b0, Index b1) {
+      const Index nb = b1 - b0;
+      StepOptions<T> o = opt;
+      if (o.norms != nullptr) o.norms += b0 * T_;
+      const Workspace<T> w_ = {ws.da + b0 * T_ * 3 * H, ws.dah + b0 * 3 * H,
+                               ws.dh_total + b0 * H, ws.dh_prev + b0 * H};
+      backward_loop<T>(dh0 + b0 * H, h0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 3 * H,
+                       a_hn + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
+                       dy + b0 * T_ * H, dh_n + b0 * H, o, w_, Dims{nb, T_, D, H});
+      MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
+          ConstMatrixMap<T>(ws.da + b0 * T_ * 3 * H, nb * T_, 3 * H) * w.w_ih;
+    });
+    parallel_chunks(3 * H, nt, [&](Index r0, Index r1) {
+      g.dw_ih.middleRows(r0, r1 - r0).noalias() =
+          da_all.middleCols(r0, r1 - r0).transpose() * x_all;
+    });
+    if (g.db_ih != nullptr) sum_rows(g.db_ih, ConstMatrixMap<T>(ws.da, B * T_, 3 * H));
+  }
   // The input side is done with da: turn it into the recurrent side's gradient for all steps
   // at once, the same product as dah's in the loop: d(a_hn) = r ⊙ d(a_in).
   const ConstMatrixMap<T> gates_all(gates, B * T_, 3 * H);
   da_all.rightCols(H) = da_all.rightCols(H).cwiseProduct(gates_all.leftCols(H));
   // b_hh enters with the recurrent side.
   if (g.db_hh != nullptr) sum_rows(g.db_hh, da_all);
-  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 3 * H);
+  if (nt == 1) {
+    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 3 * H);
+    return;
+  }
+  parallel_chunks(3 * H, nt, [&](Index r0, Index r1) {
+    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, 3 * H, r0, r1 - r0);
+  });
 }
 
 }  // namespace rnnfast::gru

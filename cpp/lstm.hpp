@@ -27,8 +27,8 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
 // Outputs: y (B, T, H), h_n (B, H), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
 // c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
 template <typename T>
-void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
-             const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
+void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
+                  const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as a_t without its recurrent term, for all steps at once; the loop adds that
   // term and activates in place, so the pre-activations never need a buffer of their own.
@@ -37,9 +37,10 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
   MatrixMap<T> c_run(c_n, B, H);
   h = ConstMatrixMap<T>(h0, B, H);
   c_run = ConstMatrixMap<T>(c0, B, H);
+  StepProduct<T> recurrent(B, 4 * H, H);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
-    a.noalias() += h * w.w_hh.transpose();      // all four gates in one product
+    recurrent.add(a, h, w.w_hh.transpose());    // all four gates in one product
     sigmoid_in_place(a.leftCols(2 * H));        // i, f
     a.middleCols(2 * H, H) = a.middleCols(2 * H, H).array().tanh().matrix();  // g
     sigmoid_in_place(a.rightCols(H));           // o
@@ -68,15 +69,34 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
   }
 }
 
+// The whole forward, its batch split over threads (split_count): rows b0.. of every (B, ...)
+// array are themselves a C-ordered (B', ...) array, so each chunk is forward_rows on offsets.
+template <typename T>
+void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
+             const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
+  const int n = split_count(d, 4);
+  if (n == 1) {
+    forward_rows<T>(y, h_n, c_n, gates, c, x, h0, c0, w, lengths, d);
+    return;
+  }
+  const Index T_ = d.T, D = d.D, H = d.H;
+  parallel_chunks(d.B, n, [&](Index b0, Index b1) {
+    forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, c_n + b0 * H, gates + b0 * T_ * 4 * H,
+                    c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * H, c0 + b0 * H, w,
+                    lengths == nullptr ? nullptr : lengths + b0, Dims{b1 - b0, T_, D, H});
+  });
+}
+
 // Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
 // Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, H); dh_n, dc_n (B, H), the gradients
 // reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the cell path
 // dc is never clipped (see clip_rows_and_norms).
+// The time loop of backward alone: fills ws.da, dh0, dc0 (and opt.norms).
 template <typename T>
-void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
-              const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
-              const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
-              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
+                   const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
+                   const T* dh_n, const T* dc_n, const StepOptions<T>& opt,
+                   const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
   MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
@@ -84,6 +104,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
   dc = ConstMatrixMap<T>(dc_n, B, H);
   MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
       dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
+  StepProduct<T> recurrent(B, H, 4 * H);
   for (Index t = T_ - 1; t >= 0; --t) {
     const auto gt = at_step(gates, B, T_, 4 * H, t);
     const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
@@ -109,13 +130,13 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
       // c_t = f ⊙ c_{t-1} + i ⊙ g  =>  dc_{t-1} = dc_t ⊙ f
       dc = dc_total.cwiseProduct(f);
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
-      dh.noalias() = da * w.w_hh;
+      recurrent.assign(dh, da, w.w_hh);
       continue;
     }
     // A finished sequence gets no gradient at t, and dh, dc pass its frozen states unchanged.
     for (Index b = 0; b < B; ++b)
       if (!is_valid(lengths, b, t)) da.row(b).setZero();
-    dh_prev.noalias() = da * w.w_hh;
+    recurrent.assign(dh_prev, da, w.w_hh);
     for (Index b = 0; b < B; ++b) {
       if (is_valid(lengths, b, t)) {
         dh.row(b) = dh_prev.row(b);
@@ -123,12 +144,47 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
       }
     }
   }
+}
+
+// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
+// With threads (split_count), the time loop and dx are split by batch rows like forward, and the
+// weight gradients, sums over all rows, by their own rows (the gate units).
+template <typename T>
+void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
+              const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
+              const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
+              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
+  const int n = split_count(d, 4);
   ConstMatrixMap<T> da_all(ws.da, B * T_, 4 * H);
-  MatrixMap<T> dx_all(dx, B * T_, d.D);
-  input_projection_backward<T>(dx_all, g, da_all, ConstMatrixMap<T>(x, B * T_, d.D), w);
-  // b_hh enters a_t exactly as b_ih does.
+  ConstMatrixMap<T> x_all(x, B * T_, D);
+  if (n == 1) {
+    backward_loop<T>(dh0, dc0, c0, gates, c, w, lengths, dy, dh_n, dc_n, opt, ws, d);
+    MatrixMap<T> dx_all(dx, B * T_, D);
+    input_projection_backward<T>(dx_all, g, da_all, x_all, w);
+    // b_hh enters a_t exactly as b_ih does.
+    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 4 * H) = RowVectorMap<T>(g.db_ih, 4 * H);
+    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 4 * H);
+    return;
+  }
+  parallel_chunks(B, n, [&](Index b0, Index b1) {
+    const Index nb = b1 - b0;
+    StepOptions<T> o = opt;
+    if (o.norms != nullptr) o.norms += b0 * T_;
+    const Workspace<T> w_ = {ws.da + b0 * T_ * 4 * H, ws.tanh_c + b0 * H,
+                             ws.dh_total + b0 * H, ws.dc_total + b0 * H, ws.dh_prev + b0 * H};
+    backward_loop<T>(dh0 + b0 * H, dc0 + b0 * H, c0 + b0 * H, gates + b0 * T_ * 4 * H,
+                     c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
+                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, w_, Dims{nb, T_, D, H});
+    MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
+        ConstMatrixMap<T>(ws.da + b0 * T_ * 4 * H, nb * T_, 4 * H) * w.w_ih;
+  });
+  parallel_chunks(4 * H, n, [&](Index r0, Index r1) {
+    g.dw_ih.middleRows(r0, r1 - r0).noalias() = da_all.middleCols(r0, r1 - r0).transpose() * x_all;
+    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, 4 * H, r0, r1 - r0);
+  });
+  if (g.db_ih != nullptr) sum_rows(g.db_ih, da_all);
   if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 4 * H) = RowVectorMap<T>(g.db_ih, 4 * H);
-  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 4 * H);
 }
 
 }  // namespace rnnfast::lstm

@@ -30,16 +30,17 @@ void backprop_through_f(Da&& da, const DhTotal& dh_total, const Ht& h_t, Activat
 
 // Outputs: y (B, T, H), h_n (B, H). Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
-void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
-             const std::int64_t* lengths, Activation f, const Dims& d) {
+void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
+                  const std::int64_t* lengths, Activation f, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // y starts as a_t without its recurrent term, for all steps at once; the loop adds it in place.
   input_projection<T>(MatrixMap<T>(y, B * T_, H), ConstMatrixMap<T>(x, B * T_, d.D), w);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
+  StepProduct<T> recurrent(B, H, H);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(y, B, T_, H, t);
-    a.noalias() += h * w.w_hh.transpose();
+    recurrent.add(a, h, w.w_hh.transpose());
     if (f == Activation::Tanh)
       a = a.array().tanh();
     else
@@ -58,18 +59,32 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
-// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
-// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
+// The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
 template <typename T>
-void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
-              const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
-              const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
-              const Dims& d) {
+void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
+             const std::int64_t* lengths, Activation f, const Dims& d) {
+  const int n = split_count(d, 1);
+  if (n == 1) {
+    forward_rows<T>(y, h_n, x, h0, w, lengths, f, d);
+    return;
+  }
+  const Index T_ = d.T, D = d.D, H = d.H;
+  parallel_chunks(d.B, n, [&](Index b0, Index b1) {
+    forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, x + b0 * T_ * D, h0 + b0 * H, w,
+                    lengths == nullptr ? nullptr : lengths + b0, f, Dims{b1 - b0, T_, D, H});
+  });
+}
+
+// The time loop of backward alone: fills ws.da, dh0 (and opt.norms).
+template <typename T>
+void backward_loop(T* dh0, const T* y, const LayerWeights<T>& w, const std::int64_t* lengths,
+                   Activation f, const T* dy, const T* dh_n, const StepOptions<T>& opt,
+                   const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
+  StepProduct<T> recurrent(B, H, H);
   for (Index t = T_ - 1; t >= 0; --t) {
     auto da = at_step(ws.da, B, T_, H, t);
     const auto h_t = at_step(y, B, T_, H, t);
@@ -85,22 +100,55 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     }
     if (lengths == nullptr) {
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
-      dh.noalias() = da * w.w_hh;
+      recurrent.assign(dh, da, w.w_hh);
       continue;
     }
     // A finished sequence gets no gradient at t, and dh passes its frozen state unchanged.
     for (Index b = 0; b < B; ++b)
       if (!is_valid(lengths, b, t)) da.row(b).setZero();
-    dh_prev.noalias() = da * w.w_hh;
+    recurrent.assign(dh_prev, da, w.w_hh);
     for (Index b = 0; b < B; ++b)
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
   }
+}
+
+// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
+// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
+// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
+template <typename T>
+void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+              const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
+              const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
+              const Dims& d) {
+  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
+  const int n = split_count(d, 1);
   ConstMatrixMap<T> da_all(ws.da, B * T_, H);
-  MatrixMap<T> dx_all(dx, B * T_, d.D);
-  input_projection_backward<T>(dx_all, g, da_all, ConstMatrixMap<T>(x, B * T_, d.D), w);
-  // b_hh enters a_t exactly as b_ih does.
+  ConstMatrixMap<T> x_all(x, B * T_, D);
+  if (n == 1) {
+    backward_loop<T>(dh0, y, w, lengths, f, dy, dh_n, opt, ws, d);
+    MatrixMap<T> dx_all(dx, B * T_, D);
+    input_projection_backward<T>(dx_all, g, da_all, x_all, w);
+    // b_hh enters a_t exactly as b_ih does.
+    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, H) = RowVectorMap<T>(g.db_ih, H);
+    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, H);
+    return;
+  }
+  parallel_chunks(B, n, [&](Index b0, Index b1) {
+    const Index nb = b1 - b0;
+    StepOptions<T> o = opt;
+    if (o.norms != nullptr) o.norms += b0 * T_;
+    const Workspace<T> w_ = {ws.da + b0 * T_ * H, ws.dh_prev + b0 * H};
+    backward_loop<T>(dh0 + b0 * H, y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
+                     f, dy + b0 * T_ * H, dh_n + b0 * H, o, w_, Dims{nb, T_, D, H});
+    MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
+        ConstMatrixMap<T>(ws.da + b0 * T_ * H, nb * T_, H) * w.w_ih;
+  });
+  parallel_chunks(H, n, [&](Index r0, Index r1) {
+    g.dw_ih.middleRows(r0, r1 - r0).noalias() = da_all.middleCols(r0, r1 - r0).transpose() * x_all;
+    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, H, r0, r1 - r0);
+  });
+  if (g.db_ih != nullptr) sum_rows(g.db_ih, da_all);
   if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, H) = RowVectorMap<T>(g.db_ih, H);
-  recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, H);
 }
 
 }  // namespace rnnfast::rnn

@@ -74,10 +74,15 @@ def check_cpu():
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in the matrix products of the compiled path (Eigen with OpenMP).
+    """Use up to ``n`` threads in the compiled path.
 
-    The default is OpenMP's: OMP_NUM_THREADS if set, else one per core. Without OpenMP in the
-    build (``build_info()["openmp"]`` False) this has no effect and the count stays 1.
+    A layer call with enough work (B >= 2 and B*T*G*H*(D+H) >= 2**22 multiply-adds, G = 1,
+    3, 4 for RNN, GRU, LSTM) splits its batch into ``min(n, B)`` contiguous chunks, one thread
+    each, for the whole time loop (sequences are independent: no synchronisation per step);
+    the weight gradients are split by their rows. Results repeat bit for bit for a given ``n``
+    and match the NumPy reference as the serial path does. The default is 1 (in builds with
+    OpenMP, OpenMP's default: OMP_NUM_THREADS if set, else one per core; there ``n`` also sets
+    Eigen's OpenMP threads).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")

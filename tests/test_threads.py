@@ -1,0 +1,77 @@
+"""rnnfast.set_num_threads(n > 1): an RNN, GRU or LSTM layer call big enough splits its batch
+over n threads (cpp/common.hpp split_count). The split must match the NumPy reference like the
+serial path, repeat bit for bit, and leave the serial (n = 1) results untouched."""
+
+import numpy as np
+import pytest
+
+import rnnfast
+from support import as_parts, make, random_lengths, rel_err, state_like
+
+# Above split_count's threshold (B*T*G*H*(D+H) >= 2^22 MACs, G = 1, 3, 4 for RNN, GRU,
+# LSTM), B not a multiple of 2 or 3.
+SPLIT_CELLS = ["lstm", "gru", "rnn_tanh", "rnn_relu"]
+B, T, D, H = 7, 100, 24, 96
+TOL = {np.float64: 1e-10, np.float32: 1e-4}
+
+
+@pytest.fixture
+def threads():
+    before = rnnfast.get_num_threads()
+    yield rnnfast.set_num_threads
+    rnnfast.set_num_threads(before)
+
+
+def _step(model, x, state, lengths, dy, dstate, clip):
+    y, state_n, cache = model.forward(x, state, lengths)
+    dx, dstate0, grads, norms = model.backward(cache, dy, dstate, clip_per_step=clip,
+                                               return_grad_norms=True)
+    out = {"y": y, "dx": dx, "norms": norms}
+    for i, p in enumerate(as_parts(state_n)):
+        out[f"state_n[{i}]"] = p
+    for i, p in enumerate(as_parts(dstate0)):
+        out[f"dstate0[{i}]"] = p
+    out.update({f"d{k}": v for k, v in grads.items()})
+    return out
+
+
+def _data(model, lengths_mode, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((B, T, D))
+    state = state_like(model, B, rng)
+    lengths = random_lengths(rng, B, T, lengths_mode)
+    dy = rng.standard_normal((B, T, H))
+    dstate = state_like(model, B, rng, scale=1.0)
+    return x, state, lengths, dy, dstate
+
+
+@pytest.mark.parametrize("n", [2, 3])
+@pytest.mark.parametrize("lengths_mode", ["none", "partial"])
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_split_matches_reference_and_repeats(threads, cell, n, lengths_mode, clip, dtype):
+    fast = make(cell, D, H, L=2, dtype=dtype, seed=3)
+    ref = make(cell, D, H, L=2, dtype=np.float64, seed=3, backend="numpy")
+    ref.params = {k: np.asarray(v, np.float64) for k, v in fast.params.items()}
+    data = _data(fast, lengths_mode)
+    threads(n)
+    got = _step(fast, *data, clip)
+    again = _step(fast, *data, clip)
+    want = _step(ref, *data, clip)
+    for k in want:
+        assert rel_err(got[k], want[k]) <= TOL[dtype], k
+        np.testing.assert_array_equal(got[k], again[k], err_msg=k)
+
+
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_serial_unchanged_by_split(threads, cell):
+    model = make(cell, D, H, dtype=np.float32, seed=1)
+    data = _data(model, "partial", seed=1)
+    threads(1)
+    serial = _step(model, *data, None)
+    threads(2)
+    _step(model, *data, None)
+    threads(1)
+    for k, v in _step(model, *data, None).items():
+        np.testing.assert_array_equal(v, serial[k], err_msg=k)
