@@ -281,7 +281,7 @@ class Recurrent:
 
         grads = {}
         dstate0 = tuple(np.empty_like(s) for s in dstate_n)
-        norms = np.zeros((self.num_layers, T), self.dtype)  # (L, T), filled when asked for
+        norms = np.zeros((self.num_layers, T), self.dtype) if grad_norms else None  # (L, T)
         step = {"clip_per_step": clip, "grad_norms": grad_norms}
         d_out = dy
         for k in reversed(range(self.num_layers)):
