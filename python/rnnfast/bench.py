@@ -80,7 +80,6 @@ def thread_env(n):
     if n == 1:
         flags += " --xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
     env["XLA_FLAGS"] = flags.strip()
-    env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)  # see "Peak memory" above
     return env
 
 
@@ -411,6 +410,11 @@ def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repea
 
 def _spawn(spec):
     env = dict(os.environ, **thread_env(spec["threads"]))
+    if spec.get("mode") == "memory":
+        # See "Peak memory" above. Only there: timed steps run with glibc's defaults, as in a
+        # user's process (forcing every block over 128 KiB through mmap made every step of
+        # every implementation pay for fresh zeroed pages: +25–35 % for rnnfast at "long").
+        env["MALLOC_MMAP_THRESHOLD_"] = str(1 << 17)
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "out.json")
         cmd = [sys.executable, "-m", "rnnfast.bench", "--worker", json.dumps(spec), path]
