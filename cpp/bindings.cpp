@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "buffers.hpp"
 #include "common.hpp"
 #include "gru.hpp"
 #include "lstm.hpp"
@@ -46,6 +47,36 @@ void expect_shape(const py::array& a, const std::vector<py::ssize_t>& want, cons
   if (got != want)
     throw std::invalid_argument(std::string(name) + " must have shape " + shape_str(want) +
                                 ", got " + shape_str(got));
+}
+
+// A new C-ordered array of this shape, uninitialised like np.empty. Large ones (and all of them
+// while the cache poisons, for the tests) take their memory from the block cache
+// (buffers.hpp) and give it back when NumPy frees the array.
+template <typename T>
+Array<T> new_array(const std::vector<py::ssize_t>& shape) {
+  std::size_t bytes = sizeof(T);
+  for (py::ssize_t s : shape)
+    if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(s), &bytes)) throw std::bad_alloc();
+  BlockCache& cache = BlockCache::instance();
+  if (bytes == 0 || (bytes < BlockCache::kMinBytes && !cache.poison())) return Array<T>(shape);
+  struct Owned {
+    void* ptr;
+    std::size_t bytes;
+  };
+  auto* owned = new Owned{cache.take(bytes), bytes};
+  py::capsule base;
+  try {
+    base = py::capsule(owned, [](void* o) {
+      auto* block = static_cast<Owned*>(o);
+      BlockCache::instance().give(block->ptr, block->bytes);
+      delete block;
+    });
+  } catch (...) {
+    cache.give(owned->ptr, owned->bytes);
+    delete owned;
+    throw;
+  }
+  return Array<T>(shape, static_cast<const T*>(owned->ptr), base);
 }
 
 const std::int64_t* lengths_ptr(const std::optional<Lengths>& lengths, Index B, Index T_) {
@@ -129,8 +160,8 @@ py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
   const auto* l = lengths_ptr(lengths, d.B, d.T);
   const auto f = activation(nonlinearity);
-  Array<T> y({d.B, d.T, d.H});
-  Array<T> h_n({d.B, d.H});
+  Array<T> y = new_array<T>({d.B, d.T, d.H});
+  Array<T> h_n = new_array<T>({d.B, d.H});
   T* y_p = y.mutable_data();
   T* h_n_p = h_n.mutable_data();
   const T* x_p = x.data();
@@ -159,16 +190,16 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   const auto f = activation(nonlinearity);
   const bool bias = b_ih.has_value();
 
-  Array<T> dx({d.B, d.T, d.D});
-  Array<T> dh0({d.B, d.H});
-  Array<T> dw_ih({d.H, d.D});
-  Array<T> dw_hh({d.H, d.H});
-  Array<T> db_ih({bias ? d.H : Index(0)});
-  Array<T> db_hh({bias ? d.H : Index(0)});
-  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  Array<T> dx = new_array<T>({d.B, d.T, d.D});
+  Array<T> dh0 = new_array<T>({d.B, d.H});
+  Array<T> dw_ih = new_array<T>({d.H, d.D});
+  Array<T> dw_hh = new_array<T>({d.H, d.H});
+  Array<T> db_ih = new_array<T>({bias ? d.H : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? d.H : Index(0)});
+  Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  std::vector<T> da(static_cast<size_t>(d.B * d.T * d.H));
-  std::vector<T> dh_prev(static_cast<size_t>(d.B * d.H));
+  Buffer<T> da(static_cast<size_t>(d.B * d.T * d.H));
+  Buffer<T> dh_prev(static_cast<size_t>(d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), d.H, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), d.H, d.H),
@@ -216,11 +247,11 @@ py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0
   expect_shape(c0, {d.B, d.H}, "c0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
   const auto* l = lengths_ptr(lengths, d.B, d.T);
-  Array<T> y({d.B, d.T, d.H});
-  Array<T> h_n({d.B, d.H});
-  Array<T> c_n({d.B, d.H});
-  Array<T> gates({d.B, d.T, 4 * d.H});
-  Array<T> c({d.B, d.T, d.H});
+  Array<T> y = new_array<T>({d.B, d.T, d.H});
+  Array<T> h_n = new_array<T>({d.B, d.H});
+  Array<T> c_n = new_array<T>({d.B, d.H});
+  Array<T> gates = new_array<T>({d.B, d.T, 4 * d.H});
+  Array<T> c = new_array<T>({d.B, d.T, d.H});
   T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *c_n_p = c_n.mutable_data(),
     *gates_p = gates.mutable_data(), *c_p = c.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data();
@@ -253,17 +284,17 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   const bool bias = b_ih.has_value();
   const Index GH = 4 * d.H;
 
-  Array<T> dx({d.B, d.T, d.D});
-  Array<T> dh0({d.B, d.H});
-  Array<T> dc0({d.B, d.H});
-  Array<T> dw_ih({GH, d.D});
-  Array<T> dw_hh({GH, d.H});
-  Array<T> db_ih({bias ? GH : Index(0)});
-  Array<T> db_hh({bias ? GH : Index(0)});
-  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  Array<T> dx = new_array<T>({d.B, d.T, d.D});
+  Array<T> dh0 = new_array<T>({d.B, d.H});
+  Array<T> dc0 = new_array<T>({d.B, d.H});
+  Array<T> dw_ih = new_array<T>({GH, d.D});
+  Array<T> dw_hh = new_array<T>({GH, d.H});
+  Array<T> db_ih = new_array<T>({bias ? GH : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
+  Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
-  std::vector<T> steps(static_cast<size_t>(4 * d.B * d.H));  // the four (B, H) buffers
+  Buffer<T> da(static_cast<size_t>(d.B * d.T * GH));
+  Buffer<T> steps(static_cast<size_t>(4 * d.B * d.H));  // the four (B, H) buffers
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
@@ -315,11 +346,11 @@ py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
   const auto* l = lengths_ptr(lengths, d.B, d.T);
-  Array<T> y({d.B, d.T, d.H});
-  Array<T> h_n({d.B, d.H});
-  Array<T> gates({d.B, d.T, 3 * d.H});
-  Array<T> a_hn({d.B, d.T, d.H});
-  std::vector<T> ah(static_cast<size_t>(d.B * 3 * d.H));
+  Array<T> y = new_array<T>({d.B, d.T, d.H});
+  Array<T> h_n = new_array<T>({d.B, d.H});
+  Array<T> gates = new_array<T>({d.B, d.T, 3 * d.H});
+  Array<T> a_hn = new_array<T>({d.B, d.T, d.H});
+  Buffer<T> ah(static_cast<size_t>(d.B * 3 * d.H));
   const gru::ForwardWorkspace<T> ws{ah.data()};
   T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *gates_p = gates.mutable_data(),
     *a_hn_p = a_hn.mutable_data();
@@ -350,17 +381,17 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   const bool bias = b_ih.has_value();
   const Index GH = 3 * d.H;
 
-  Array<T> dx({d.B, d.T, d.D});
-  Array<T> dh0({d.B, d.H});
-  Array<T> dw_ih({GH, d.D});
-  Array<T> dw_hh({GH, d.H});
-  Array<T> db_ih({bias ? GH : Index(0)});
-  Array<T> db_hh({bias ? GH : Index(0)});
-  Array<T> norms({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
+  Array<T> dx = new_array<T>({d.B, d.T, d.D});
+  Array<T> dh0 = new_array<T>({d.B, d.H});
+  Array<T> dw_ih = new_array<T>({GH, d.D});
+  Array<T> dw_hh = new_array<T>({GH, d.H});
+  Array<T> db_ih = new_array<T>({bias ? GH : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
+  Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  std::vector<T> da(static_cast<size_t>(d.B * d.T * GH));
-  std::vector<T> dah(static_cast<size_t>(d.B * GH));
-  std::vector<T> steps(static_cast<size_t>(2 * d.B * d.H));  // dh_total, dh_prev
+  Buffer<T> da(static_cast<size_t>(d.B * d.T * GH));
+  Buffer<T> dah(static_cast<size_t>(d.B * GH));
+  Buffer<T> steps(static_cast<size_t>(2 * d.B * d.H));  // dh_total, dh_prev
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
@@ -438,4 +469,21 @@ PYBIND11_MODULE(_core, m) {
     rnnfast::num_threads().store(std::max(1, n));
   }, py::arg("n"));
   m.def("get_num_threads", []() { return rnnfast::num_threads().load(); });
+
+  // The block cache of large arrays (buffers.hpp).
+  m.def("set_cache_limit", [](std::size_t limit) { BlockCache::instance().set_limit(limit); },
+        py::arg("nbytes"));
+  m.def("empty_cache", []() { BlockCache::instance().empty(); });
+  m.def("cache_info", []() {
+    const auto i = BlockCache::instance().info();
+    py::dict d;
+    d["cached_bytes"] = i.cached_bytes;
+    d["cached_blocks"] = i.cached_blocks;
+    d["limit"] = i.limit;
+    d["hits"] = i.hits;
+    d["misses"] = i.misses;
+    return d;
+  });
+  m.def("_set_cache_poison", [](bool on) { BlockCache::instance().set_poison(on); },
+        py::arg("on"), "Tests only: fill every new output and workspace with NaN.");
 }

@@ -7,7 +7,8 @@ against.
 
 __version__ = "0.1.0"
 
-from ._platform import build_info, check_cpu, get_num_threads, set_num_threads
+from ._platform import build_info, cache_info, check_cpu, empty_cache, get_num_threads, \
+    set_cache_limit, set_num_threads
 
 check_cpu()  # before anything loads rnnfast._core: an ImportError, not "illegal instruction"
 
@@ -26,4 +27,5 @@ from .train import evaluate, fit, train_sequence  # noqa: E402
 __all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "evaluate",
            "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "diagnostics",
            "experiments", "init", "losses", "optim", "reference", "tasks", "train",
-           "set_num_threads", "get_num_threads", "build_info", "__version__"]
+           "set_num_threads", "get_num_threads", "set_cache_limit", "empty_cache", "cache_info",
+           "build_info", "__version__"]

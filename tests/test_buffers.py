@@ -1,0 +1,105 @@
+"""The block cache of large arrays (cpp/buffers.hpp, rnnfast.set_cache_limit)."""
+
+import pickle
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import _core
+
+LARGE = (8, 100, 16, 64)  # B, T, D, H: the LSTM's gates are 8*100*256*4 = 800 KiB
+
+
+@pytest.fixture
+def limit():
+    """Restores the default limit (and an empty cache) after the test."""
+    before = rnnfast.cache_info()["limit"]
+    yield
+    rnnfast.set_cache_limit(before)
+
+
+def step(m, x):
+    y, state, cache = m.forward(x)
+    return m.backward(cache, np.ones_like(y))
+
+
+def lstm_and_x(dtype=np.float32):
+    B, T, D, H = LARGE
+    m = rnnfast.LSTM(D, H, dtype=dtype, seed=0)
+    x = np.random.default_rng(0).standard_normal((B, T, D)).astype(dtype)
+    return m, x
+
+
+def test_a_repeated_step_reuses_its_blocks(limit):
+    rnnfast.empty_cache()
+    m, x = lstm_and_x()
+    step(m, x)
+    first = rnnfast.cache_info()
+    assert first["cached_blocks"] > 0 and first["cached_bytes"] >= 8 * 100 * 256 * 4
+    step(m, x)
+    second = rnnfast.cache_info()
+    assert second["misses"] == first["misses"]  # no new block: every large one was reused
+    assert second["hits"] > first["hits"]
+    assert second["cached_bytes"] == first["cached_bytes"]
+
+
+def test_reused_blocks_give_the_same_results(limit):
+    m, x = lstm_and_x(np.float64)
+    rnnfast.set_cache_limit(0)  # every block fresh
+    dx0, dstate0, grads0 = step(m, x)
+    rnnfast.set_cache_limit(1 << 30)
+    for _ in range(3):  # blocks from the cache, holding the last step's numbers (or NaN)
+        dx, dstate, grads = step(m, x)
+        np.testing.assert_array_equal(dx, dx0)
+        for name in grads0:
+            np.testing.assert_array_equal(grads[name], grads0[name])
+
+
+def test_limit_zero_keeps_nothing_and_empty_cache_frees_all(limit):
+    m, x = lstm_and_x()
+    step(m, x)
+    assert rnnfast.cache_info()["cached_bytes"] > 0
+    rnnfast.empty_cache()
+    info = rnnfast.cache_info()
+    assert info["cached_bytes"] == 0 and info["cached_blocks"] == 0
+    assert info["limit"] == 1 << 30  # unchanged by empty_cache
+    rnnfast.set_cache_limit(0)
+    step(m, x)
+    assert rnnfast.cache_info()["cached_bytes"] == 0
+
+
+def test_the_limit_is_kept(limit):
+    m, x = lstm_and_x()
+    rnnfast.set_cache_limit(1 << 20)  # room for one 800 KiB block, not two
+    step(m, x)
+    assert rnnfast.cache_info()["cached_bytes"] <= 1 << 20
+
+
+def test_arrays_outlive_an_emptied_cache_and_behave_as_arrays(limit):
+    m, x = lstm_and_x()
+    y, state, cache = m.forward(x)
+    copy = y.copy()
+    rnnfast.empty_cache()
+    rnnfast.set_cache_limit(0)
+    step(m, x)  # would overwrite y's block if it had been handed out again
+    np.testing.assert_array_equal(y, copy)
+    assert y.flags.c_contiguous and y.flags.writeable
+    y[0, 0, 0] = 1.0
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(y)), y)
+    del y, state, cache  # gives the blocks back with the limit at 0: freed, not kept
+    assert rnnfast.cache_info()["cached_bytes"] == 0
+
+
+def test_the_suite_runs_with_poisoned_buffers():
+    # conftest.py turns it on for every test; small outputs take the poisoned path too, so
+    # an element the C++ code forgot to write would show up as NaN.
+    m = rnnfast.RNN(3, 4, seed=0)
+    y, h = m(np.zeros((2, 5, 3), np.float32))
+    assert np.isfinite(y).all() and np.isfinite(h).all()
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "1", None, True])
+def test_bad_limits_are_refused(bad):
+    with pytest.raises(ValueError, match="nbytes must be an int >= 0"):
+        rnnfast.set_cache_limit(bad)
