@@ -135,25 +135,35 @@ class BlockCache {
   std::atomic<bool> poison_{false};
 };
 
-// A workspace that lives for one call: from the block cache when large, else from malloc.
+// A workspace that lives for one call, 64-byte aligned: from the block cache when large, else
+// from the heap.
 template <typename T>
 class Buffer {
  public:
   explicit Buffer(std::size_t n) : bytes_(n * sizeof(T)) {
-    if (n > std::numeric_limits<std::size_t>::max() / sizeof(T)) throw std::bad_alloc();
+    if (n > std::numeric_limits<std::size_t>::max() / sizeof(T) - BlockCache::kAlign)
+      throw std::bad_alloc();
     if (bytes_ >= BlockCache::kMinBytes) {
       data_ = static_cast<T*>(BlockCache::instance().take(bytes_));
-    } else {
-      data_ = static_cast<T*>(std::malloc(bytes_ == 0 ? 1 : bytes_));
-      if (data_ == nullptr) throw std::bad_alloc();
-      if (BlockCache::instance().poison()) BlockCache::fill_nan(data_, bytes_);
+      return;
     }
+    const std::size_t size = (bytes_ / BlockCache::kAlign + 1) * BlockCache::kAlign;
+    data_ = static_cast<T*>(std::aligned_alloc(BlockCache::kAlign, size));
+    if (data_ == nullptr) throw std::bad_alloc();
+    if (BlockCache::instance().poison()) BlockCache::fill_nan(data_, bytes_);
   }
-  ~Buffer() {
-    if (bytes_ >= BlockCache::kMinBytes)
-      BlockCache::instance().give(data_, bytes_);
-    else
-      std::free(data_);
+  ~Buffer() { release(); }
+  Buffer(Buffer&& other) noexcept : bytes_(other.bytes_), data_(other.data_) {
+    other.data_ = nullptr;
+  }
+  Buffer& operator=(Buffer&& other) noexcept {
+    if (this != &other) {
+      release();
+      bytes_ = other.bytes_;
+      data_ = other.data_;
+      other.data_ = nullptr;
+    }
+    return *this;
   }
   Buffer(const Buffer&) = delete;
   Buffer& operator=(const Buffer&) = delete;
@@ -161,6 +171,15 @@ class Buffer {
   T* data() { return data_; }
 
  private:
+  void release() {
+    if (data_ == nullptr) return;
+    if (bytes_ >= BlockCache::kMinBytes)
+      BlockCache::instance().give(data_, bytes_);
+    else
+      std::free(data_);
+    data_ = nullptr;
+  }
+
   std::size_t bytes_;
   T* data_;
 };

@@ -16,6 +16,8 @@
 #include <utility>
 #include <vector>
 
+#include "buffers.hpp"
+
 namespace rnnfast {
 
 using Index = Eigen::Index;
@@ -155,73 +157,122 @@ void parallel_chunks(Index n, int chunks, F&& fn) {
   for (auto& t : pool) t.join();
 }
 
-// The recurrent product of one timestep, dst (+)= lhs * rhs, with Eigen's packing buffers
-// allocated once per call instead of once per step.
+// The recurrent product of one timestep: dst (+)= lhs · W_hh^T in forward (lhs = h_{t-1}) and
+// dst = lhs · W_hh in backward (lhs = dL/da_t), with W_hh the same at every step.
 //
-// Eigen's GEMM allocates its packing buffers on every product; above
-// EIGEN_STACK_ALLOCATION_LIMIT (128 KB) that is a heap allocation, which glibc serves with
-// mmap/munmap, so every step paid for fresh pages (measured at the large LSTM config, 1 thread:
-// ~15% of a training step). StepProduct keeps one gemm_blocking_space for the whole loop and
-// calls the same kernel with the same blocking sizes that `dst.noalias() += lhs * rhs` uses, so
-// the result is bit for bit the same. The products always run on the calling thread: under
-// OpenMP, only the big products outside the time loop are split across threads (a per-step
-// product is too small to pay for waking a team of threads 2·T times).
-// Products Eigen does as GEMV (a dimension of 1, e.g. batch 1) keep the ordinary expression.
-template <typename T>
-class StepProduct {
+// A product in Eigen packs both operands into its kernel's panel layout and then runs the
+// kernel on the panels. Repacking W_hh at every step cost 12 % of a step at the large LSTM
+// config and 7 % at the long one (perf); here it is packed once per call, and each step packs
+// only its (B, ·) lhs. The blocking, the packing routines and the kernel are Eigen's own, called
+// in the order Eigen's sequential GEMM calls them, so every element is summed in the same order.
+// The buffers are sized once per call: nothing is allocated in the loop.
+//
+// In Eigen's terms a row-major product is computed as its column-major transpose:
+// dst^T (m × n) = A (m × k) · lhs^T (k × n), where n = B and A = W^T is W_hh (row-major) in
+// forward and W_hh read column-major in backward. Products Eigen does as GEMV (a dimension of
+// 1, e.g. batch 1) keep the ordinary expression.
+template <typename T, bool Forward>
+class RecurrentProduct {
  public:
-  StepProduct(Index rows, Index cols, Index depth)
-      : blocking_(rows, cols, depth, 1, true), rows_(rows), cols_(cols), depth_(depth) {
-    if (use_gemm()) blocking_.allocateAll();
+  RecurrentProduct(ConstMatrixMap<T> w_hh, Index n)
+      : w_hh_(w_hh),
+        m_(Forward ? w_hh.rows() : w_hh.cols()),
+        k_(Forward ? w_hh.cols() : w_hh.rows()),
+        n_(n),
+        packed_a_(0),
+        packed_b_(0) {
+    if (!use_gemm()) return;
+    Eigen::internal::gemm_blocking_space<Eigen::ColMajor, T, T, Eigen::Dynamic, Eigen::Dynamic,
+                                         Eigen::Dynamic>
+        blocking(m_, n_, k_, 1, true);
+    kc_ = blocking.kc();
+    mc_ = std::min(m_, blocking.mc());
+    nc_ = std::min(n_, blocking.nc());
+    // One slot per block, each a whole number of cache lines: the kernel loads aligned packets.
+    slot_a_ = round_up(mc_ * kc_);
+    slot_b_ = round_up(kc_ * nc_);
+    packed_a_ = Buffer<T>(blocks(m_, mc_) * blocks(k_, kc_) * slot_a_);
+    packed_b_ = Buffer<T>(blocks(k_, kc_) * blocks(n_, nc_) * slot_b_);
+    Eigen::internal::gemm_pack_lhs<T, Index, AMapper, Traits::mr, Traits::LhsProgress,
+                                   typename Traits::LhsPacket4Packing, AOrder>
+        pack_a;
+    const AMapper a(w_hh.data(), w_hh.cols());
+    for (Index i2 = 0; i2 < m_; i2 += mc_)
+      for (Index k2 = 0; k2 < k_; k2 += kc_)
+        pack_a(a_block(i2, k2), a.getSubMapper(i2, k2), std::min(kc_, k_ - k2),
+               std::min(mc_, m_ - i2));
   }
 
-  template <typename Dst, typename Lhs, typename Rhs>
-  void add(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
-    eigen_assert(dst.rows() == rows_ && dst.cols() == cols_ && lhs.cols() == depth_);
-    if (!use_gemm()) {
-      dst.noalias() += lhs * rhs;
-      return;
-    }
-    using namespace Eigen;
-    using namespace Eigen::internal;
+  // dst (n × m) += lhs (n × k); both row-major with unit inner stride (maps of whole rows).
+  template <typename Dst, typename Lhs>
+  void add(Dst&& dst, const Lhs& lhs) {
     using D = std::decay_t<Dst>;
-    using LhsTraits = blas_traits<Lhs>;
-    using RhsTraits = blas_traits<Rhs>;
-    using A = typename remove_all<typename LhsTraits::DirectLinearAccessType>::type;
-    using Bm = typename remove_all<typename RhsTraits::DirectLinearAccessType>::type;
-    static_assert(!LhsTraits::NeedToConjugate && !RhsTraits::NeedToConjugate, "real only");
-    const auto& a = LhsTraits::extract(lhs);
-    const auto& b = RhsTraits::extract(rhs);
-    const T alpha = combine_scalar_factors(T(1), lhs, rhs);
-    using Gemm = general_matrix_matrix_product<
-        Index, T, (A::Flags & RowMajorBit) ? RowMajor : ColMajor, false, T,
-        (Bm::Flags & RowMajorBit) ? RowMajor : ColMajor, false,
-        (D::Flags & RowMajorBit) ? RowMajor : ColMajor, D::InnerStrideAtCompileTime>;
-    Gemm::run(rows_, cols_, depth_, &a.coeffRef(0, 0), a.outerStride(), &b.coeffRef(0, 0),
-              b.outerStride(), &dst.coeffRef(0, 0), dst.innerStride(), dst.outerStride(), alpha,
-              blocking_);
-  }
-
-  template <typename Dst, typename Lhs, typename Rhs>
-  void assign(Dst&& dst, const Lhs& lhs, const Rhs& rhs) {
+    static_assert((D::Flags & Eigen::RowMajorBit) && (Lhs::Flags & Eigen::RowMajorBit) &&
+                      D::InnerStrideAtCompileTime == 1 && Lhs::InnerStrideAtCompileTime == 1,
+                  "row-major operands with contiguous rows");
+    eigen_assert(dst.rows() == n_ && dst.cols() == m_ && lhs.rows() == n_ && lhs.cols() == k_);
     if (!use_gemm()) {
-      dst.noalias() = lhs * rhs;
+      if constexpr (Forward)
+        dst.noalias() += lhs * w_hh_.transpose();
+      else
+        dst.noalias() += lhs * w_hh_;
       return;
     }
+    Eigen::internal::gemm_pack_rhs<T, Index, BMapper, Traits::nr, Eigen::ColMajor> pack_b;
+    Eigen::internal::gebp_kernel<T, T, Index, ResMapper, Traits::mr, Traits::nr, false, false>
+        gebp;
+    const BMapper b(lhs.data(), lhs.outerStride());
+    const ResMapper res(dst.data(), dst.outerStride(), 1);
+    for (Index k2 = 0; k2 < k_; k2 += kc_)
+      for (Index j2 = 0; j2 < n_; j2 += nc_)
+        pack_b(b_block(k2, j2), b.getSubMapper(k2, j2), std::min(kc_, k_ - k2),
+               std::min(nc_, n_ - j2));
+    for (Index i2 = 0; i2 < m_; i2 += mc_)
+      for (Index k2 = 0; k2 < k_; k2 += kc_)
+        for (Index j2 = 0; j2 < n_; j2 += nc_)
+          gebp(res.getSubMapper(i2, j2), a_block(i2, k2), b_block(k2, j2),
+               std::min(mc_, m_ - i2), std::min(kc_, k_ - k2), std::min(nc_, n_ - j2), T(1));
+  }
+
+  template <typename Dst, typename Lhs>
+  void assign(Dst&& dst, const Lhs& lhs) {
     dst.setZero();
-    add(dst, lhs, rhs);
+    add(dst, lhs);
   }
 
  private:
+  using Traits = Eigen::internal::gebp_traits<T, T>;
+  static constexpr int AOrder = Forward ? Eigen::RowMajor : Eigen::ColMajor;
+  using AMapper = Eigen::internal::const_blas_data_mapper<T, Index, AOrder>;
+  using BMapper = Eigen::internal::const_blas_data_mapper<T, Index, Eigen::ColMajor>;
+  using ResMapper = Eigen::internal::blas_data_mapper<T, Index, Eigen::ColMajor, Eigen::Unaligned, 1>;
+
   // Eigen's own test in generic_product_impl::scaleAndAddTo, with
   // EIGEN_GEMM_TO_COEFFBASED_THRESHOLD = 0 (CMakeLists.txt).
-  bool use_gemm() const { return rows_ > 1 && cols_ > 1 && depth_ > 0; }
+  bool use_gemm() const { return m_ > 1 && n_ > 1 && k_ > 0; }
 
-  Eigen::internal::gemm_blocking_space<Eigen::RowMajor, T, T, Eigen::Dynamic, Eigen::Dynamic,
-                                       Eigen::Dynamic>
-      blocking_;
-  Index rows_, cols_, depth_;
+  static Index blocks(Index size, Index block) { return (size + block - 1) / block; }
+  static Index round_up(Index count) {
+    constexpr Index line = 64 / sizeof(T);
+    return (count + line - 1) / line * line;
+  }
+  T* a_block(Index i2, Index k2) {
+    return packed_a_.data() + ((i2 / mc_) * blocks(k_, kc_) + k2 / kc_) * slot_a_;
+  }
+  T* b_block(Index k2, Index j2) {
+    return packed_b_.data() + ((k2 / kc_) * blocks(n_, nc_) + j2 / nc_) * slot_b_;
+  }
+
+  ConstMatrixMap<T> w_hh_;
+  Index m_, k_, n_;
+  Index kc_ = 0, mc_ = 0, nc_ = 0, slot_a_ = 0, slot_b_ = 0;
+  Buffer<T> packed_a_, packed_b_;  // W^T's blocks, packed once; lhs^T's, packed every step
 };
+
+template <typename T>
+using ForwardRecurrent = RecurrentProduct<T, true>;  // h_{t-1} W_hh^T
+template <typename T>
+using BackwardRecurrent = RecurrentProduct<T, false>;  // dL/da_t W_hh
 
 // σ(a) = (1 + tanh(a/2)) / 2, in place. Equal to 1 / (1 + exp(-a)), but no intermediate can
 // overflow, so a saturated gate is exactly 0 or 1 and never inf or NaN, in float32 too.

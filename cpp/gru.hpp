@@ -57,12 +57,12 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   MatrixMap<T> ah(ws.ah, B, 3 * H);
-  StepProduct<T> recurrent(B, 3 * H, H);
+  ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(gates, B, T_, 3 * H, t);  // (B, 3H)
     auto a_hn_t = at_step(a_hn, B, T_, H, t);
     auto h_t = at_step(y, B, T_, H, t);
-    recurrent.assign(ah, h, w.w_hh.transpose());  // all three gates in one product
+    recurrent.assign(ah, h);  // all three gates in one product
     a.leftCols(2 * H) += ah.leftCols(2 * H);
     sigmoid_in_place(a.leftCols(2 * H));  // r, z
     a_hn_t = ah.rightCols(H);
@@ -115,7 +115,7 @@ void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_h
                    const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
                    const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
-  StepProduct<T> recurrent(B, H, 3 * H);
+  BackwardRecurrent<T> recurrent(w.w_hh, B);
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dah(ws.dah, B, 3 * H), dh_total(ws.dh_total, B, H), dh_prev(ws.dh_prev, B, H);
@@ -147,11 +147,11 @@ void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_h
     // [a_r a_z a_hn] = ... + h_{t-1} W_hh^T and h_t = ... + z ⊙ h_{t-1}
     //   =>  dh_{t-1} = dah_t W_hh + dh_t ⊙ z
     if (lengths == nullptr) {
-      recurrent.assign(dh, dah, w.w_hh);
+      recurrent.assign(dh, dah);
       dh += dh_total.cwiseProduct(z);
       continue;
     }
-    recurrent.assign(dh_prev, dah, w.w_hh);
+    recurrent.assign(dh_prev, dah);
     dh_prev += dh_total.cwiseProduct(z);
     for (Index b = 0; b < B; ++b)  // a frozen state passes its gradient through unchanged
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);

@@ -37,10 +37,10 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
   MatrixMap<T> c_run(c_n, B, H);
   h = ConstMatrixMap<T>(h0, B, H);
   c_run = ConstMatrixMap<T>(c0, B, H);
-  StepProduct<T> recurrent(B, 4 * H, H);
+  ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
-    recurrent.add(a, h, w.w_hh.transpose());    // all four gates in one product
+    recurrent.add(a, h);    // all four gates in one product
     sigmoid_in_place(a.leftCols(2 * H));        // i, f
     a.middleCols(2 * H, H) = a.middleCols(2 * H, H).array().tanh().matrix();  // g
     sigmoid_in_place(a.rightCols(H));           // o
@@ -104,7 +104,7 @@ void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
   dc = ConstMatrixMap<T>(dc_n, B, H);
   MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
       dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
-  StepProduct<T> recurrent(B, H, 4 * H);
+  BackwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = T_ - 1; t >= 0; --t) {
     const auto gt = at_step(gates, B, T_, 4 * H, t);
     const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
@@ -130,13 +130,13 @@ void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
       // c_t = f ⊙ c_{t-1} + i ⊙ g  =>  dc_{t-1} = dc_t ⊙ f
       dc = dc_total.cwiseProduct(f);
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
-      recurrent.assign(dh, da, w.w_hh);
+      recurrent.assign(dh, da);
       continue;
     }
     // A finished sequence gets no gradient at t, and dh, dc pass its frozen states unchanged.
     for (Index b = 0; b < B; ++b)
       if (!is_valid(lengths, b, t)) da.row(b).setZero();
-    recurrent.assign(dh_prev, da, w.w_hh);
+    recurrent.assign(dh_prev, da);
     for (Index b = 0; b < B; ++b) {
       if (is_valid(lengths, b, t)) {
         dh.row(b) = dh_prev.row(b);

@@ -37,10 +37,10 @@ void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& 
   input_projection<T>(MatrixMap<T>(y, B * T_, H), ConstMatrixMap<T>(x, B * T_, d.D), w);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
-  StepProduct<T> recurrent(B, H, H);
+  ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
     auto a = at_step(y, B, T_, H, t);
-    recurrent.add(a, h, w.w_hh.transpose());
+    recurrent.add(a, h);
     if (f == Activation::Tanh)
       a = a.array().tanh();
     else
@@ -84,7 +84,7 @@ void backward_loop(T* dh0, const T* y, const LayerWeights<T>& w, const std::int6
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
-  StepProduct<T> recurrent(B, H, H);
+  BackwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = T_ - 1; t >= 0; --t) {
     auto da = at_step(ws.da, B, T_, H, t);
     const auto h_t = at_step(y, B, T_, H, t);
@@ -100,13 +100,13 @@ void backward_loop(T* dh0, const T* y, const LayerWeights<T>& w, const std::int6
     }
     if (lengths == nullptr) {
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
-      recurrent.assign(dh, da, w.w_hh);
+      recurrent.assign(dh, da);
       continue;
     }
     // A finished sequence gets no gradient at t, and dh passes its frozen state unchanged.
     for (Index b = 0; b < B; ++b)
       if (!is_valid(lengths, b, t)) da.row(b).setZero();
-    recurrent.assign(dh_prev, da, w.w_hh);
+    recurrent.assign(dh_prev, da);
     for (Index b = 0; b < B; ++b)
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
   }
