@@ -9,6 +9,7 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -293,73 +294,143 @@ void input_projection(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>
   }
 }
 
-// Σ over the rows of m, added one row after another. Eigen's colwise().sum() picks its order
-// by where the data lie in memory, so the same numbers could round differently from one call to
-// the next; this order is fixed, and training runs repeat bit for bit.
+// m's rows added to out one after another. Eigen's colwise().sum() picks its order by where
+// the data lie in memory, so the same numbers could round differently from one call to the
+// next; this order is fixed, and training runs repeat bit for bit.
 template <typename T, typename M>
-void sum_rows(T* out, const M& m) {
+void add_rows(T* out, const M& m) {
   RowVectorMap<T> s(out, m.cols());
-  s.setZero();
   for (Index r = 0; r < m.rows(); ++r) s += m.row(r);
 }
 
-// Backward of input_projection, one product each after the loop:
-// a = x W_ih^T + b  =>  dx = da W_ih,  dW_ih = da^T x,  db_ih = Σ_rows da.
-// db_hh is left to the caller: it equals db_ih only where b_hh enters like b_ih.
+// Backward's products outside the recurrence, for B sequences:
+//   dx = da W_ih,  dW_ih = Σ da^T x,  db_ih = Σ da,  dW_hh = Σ dah^T h_{t-1},
+// where da is the gradient of a layer's pre-activations and dah that of their recurrent term
+// (the same except in the GRU's n part, which to_recurrent turns into it; it then sums db_hh
+// too). They run on windows of steps while the time loop goes on: the loop writes the da of
+// each step to da(t), and when t leaves a window the window's products are done. So the
+// (B, T, G·H) da is never held whole (memory: the window, not T), and with B·W ≥ 1024 rows a
+// window's products run as fast as one product over all B·T rows. The window's x and h_{t-1}
+// are copied into one buffer in da's row order, a few percent of the products' traffic.
+// Rows past a sequence's length must have da = 0: they then add nothing.
 template <typename T>
-void input_projection_backward(MatrixMap<T> dx, LayerGrads<T>& g, ConstMatrixMap<T> da,
-                               ConstMatrixMap<T> x, const LayerWeights<T>& w) {
-  dx.noalias() = da * w.w_ih;
-  g.dw_ih.noalias() = da.transpose() * x;
-  if (g.db_ih != nullptr) sum_rows(g.db_ih, da);
-}
+class WindowGrads {
+ public:
+  using ToRecurrent = std::function<void(MatrixMap<T> da_w, Index t0, Index steps)>;
 
-// dW_hh = Σ_{b,t} dah[b,t]^T h[b,t-1], with h[b,t-1] = y[b,t-1] for t ≥ 1 and h0[b] at t = 0.
-// dah: (B*T, G*H), the gradient of the recurrent pre-activation h_{t-1} W_hh^T;
-// y: (B*T, H), the layer's outputs; h0: (B, H).
-// In the flattened rows r = b*T + t, y[r-1] is the previous step of the same sequence except
-// at t = 0, where it is the last step of sequence b-1. So one product pairs every r with r-1,
-// then two small (B-row) products replace those B wrong pairs at t = 0 by the h0 pairs.
-// Rows past a sequence's length have dah = 0, so they add nothing.
-template <typename T>
-void recurrent_weight_grad(MatrixMap<T> dw_hh, const T* dah, const T* y, const T* h0, const Dims& d,
-                           Index GH) {
-  const Index BT = d.B * d.T;
-  if (BT == 0) {
-    dw_hh.setZero();
+  // x (B, T, D), y (B, T, H) and h0 (B, H) as the forward saw them; dx (B, T, D) is written;
+  // g's arrays are overwritten with the sums.
+  WindowGrads(const Dims& d, Index GH, const T* x, const T* y, const T* h0, T* dx,
+              const LayerWeights<T>& w, LayerGrads<T>& g, ToRecurrent to_recurrent = nullptr)
+      : d_(d), GH_(GH), W_(window_steps(d)), x_(x), y_(y), h0_(h0), dx_(dx), w_(w), g_(g),
+        to_recurrent_(std::move(to_recurrent)),
+        da_(static_cast<std::size_t>(d.B * W_ * GH)),
+        rows_(static_cast<std::size_t>(d.B * W_ * std::max(d.D, d.H))),
+        t0_(d.T), t1_(d.T) {
+    g_.dw_ih.setZero();
+    g_.dw_hh.setZero();
+    if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
+    if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
+  }
+
+  // Where the loop writes da of step t, (B, G·H). t goes down from T-1 to 0, one step at a time.
+  StepMap<T> da(Index t) {
+    if (t < t0_) {
+      flush();
+      t1_ = t + 1;
+      t0_ = std::max<Index>(0, t1_ - W_);
+    }
+    return at_step(da_.data(), d_.B, t1_ - t0_, GH_, t - t0_);
+  }
+
+  // After the loop: the last window, and db_hh where b_hh enters as b_ih does.
+  void finish() {
+    flush();
+    t1_ = t0_;
+    if (!to_recurrent_ && g_.db_hh != nullptr)
+      RowVectorMap<T>(g_.db_hh, GH_) = RowVectorMap<T>(g_.db_ih, GH_);
+  }
+
+ private:
+  // At least 1024 rows per window (fewer slow the products), or all T steps.
+  static Index window_steps(const Dims& d) {
+    const Index want = d.B > 0 ? (1024 + d.B - 1) / d.B : d.T;
+    return std::max<Index>(1, std::min(d.T, want));
+  }
+
+  void flush() {
+    const Index steps = t1_ - t0_;
+    if (steps == 0) return;
+    const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
+    MatrixMap<T> da_w(da_.data(), rows, GH_);  // row b·steps + (t − t0) is (b, t)
+    MatrixMap<T> x_w(rows_.data(), rows, D);
+    for (Index b = 0; b < B; ++b)
+      x_w.middleRows(b * steps, steps) = ConstMatrixMap<T>(x_ + (b * T_ + t0_) * D, steps, D);
+    g_.dw_ih.noalias() += da_w.transpose() * x_w;
+    if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
+    MatrixMap<T> dx_w(rows_.data(), rows, D);  // x_w is done with: its buffer takes dx
+    dx_w.noalias() = da_w * w_.w_ih;
+    for (Index b = 0; b < B; ++b)
+      MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
+    if (to_recurrent_) {
+      to_recurrent_(da_w, t0_, steps);
+      if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
+    }
+    MatrixMap<T> h_w(rows_.data(), rows, H);  // h_{t-1}: y at t-1, h0 at t = 0
+    for (Index b = 0; b < B; ++b) {
+      auto h_b = h_w.middleRows(b * steps, steps);
+      if (t0_ == 0) {
+        h_b.row(0) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
+        h_b.bottomRows(steps - 1) = ConstMatrixMap<T>(y_ + b * T_ * H, steps - 1, H);
+      } else {
+        h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0_ - 1) * H, steps, H);
+      }
+    }
+    g_.dw_hh.noalias() += da_w.transpose() * h_w;
+  }
+
+  Dims d_;
+  Index GH_, W_;
+  const T *x_, *y_, *h0_;
+  T* dx_;
+  const LayerWeights<T>& w_;
+  LayerGrads<T>& g_;
+  ToRecurrent to_recurrent_;
+  Buffer<T> da_;    // (B, W, G·H): da of the window's steps
+  Buffer<T> rows_;  // (B·W, max(D, H)): x, then dx, then h_{t-1} of the window's steps
+  Index t0_, t1_;   // the window is steps [t0, t1)
+};
+
+// A layer's backward on its batch split over threads (split_count), like forward: run(b0, b1,
+// g_k) does sequences [b0, b1) and writes their weight gradients to g_k. Chunk 0 writes to g;
+// the others to buffers of their own, added to g in chunk order afterwards, so the result
+// depends only on the thread count. With one chunk it is exactly the serial code.
+template <typename T, typename Run>
+void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
+  const int n = split_count(d, G);
+  if (n == 1) {
+    run(Index(0), d.B, g);
     return;
   }
-  ConstMatrixMap<T> dah_all(dah, BT, GH);
-  ConstMatrixMap<T> y_all(y, BT, d.H);
-  dw_hh.noalias() = dah_all.bottomRows(BT - 1).transpose() * y_all.topRows(BT - 1);
-  const auto dah_first = at_step(dah, d.B, d.T, GH, 0);   // (B, G*H) at t = 0
-  const auto y_last = at_step(y, d.B, d.T, d.H, d.T - 1);  // (B, H) at t = T-1
-  dw_hh.noalias() += dah_first.transpose() * ConstMatrixMap<T>(h0, d.B, d.H);
-  if (d.B > 1) {
-    dw_hh.noalias() -= dah_first.bottomRows(d.B - 1).transpose() * y_last.topRows(d.B - 1);
+  const Index GH = G * d.H, per = GH * (d.D + d.H) + 2 * GH;
+  Buffer<T> partial(static_cast<std::size_t>((n - 1) * per));
+  std::vector<LayerGrads<T>> parts;
+  for (int k = 1; k < n; ++k) {
+    T* p = partial.data() + (k - 1) * per;
+    parts.push_back({MatrixMap<T>(p, GH, d.D), MatrixMap<T>(p + GH * d.D, GH, d.H),
+                     g.db_ih != nullptr ? p + GH * (d.D + d.H) : nullptr,
+                     g.db_hh != nullptr ? p + GH * (d.D + d.H) + GH : nullptr});
   }
-}
-
-// Rows [r0, r0 + nr) of dW_hh only (columns r0.. of dah): recurrent_weight_grad split over
-// threads. Each block is its own product, so the result depends on the split (the same split
-// gives the same bits).
-template <typename T>
-void recurrent_weight_grad_rows(MatrixMap<T> dw_hh, const T* dah, const T* y, const T* h0,
-                                const Dims& d, Index GH, Index r0, Index nr) {
-  const Index BT = d.B * d.T;
-  auto dw = dw_hh.middleRows(r0, nr);
-  if (BT == 0) {
-    dw.setZero();
-    return;
-  }
-  ConstMatrixMap<T> dah_all(dah, BT, GH);
-  ConstMatrixMap<T> y_all(y, BT, d.H);
-  dw.noalias() = dah_all.bottomRows(BT - 1).middleCols(r0, nr).transpose() * y_all.topRows(BT - 1);
-  const auto dah_first = at_step(dah, d.B, d.T, GH, 0).middleCols(r0, nr);
-  const auto y_last = at_step(y, d.B, d.T, d.H, d.T - 1);
-  dw.noalias() += dah_first.transpose() * ConstMatrixMap<T>(h0, d.B, d.H);
-  if (d.B > 1) {
-    dw.noalias() -= dah_first.bottomRows(d.B - 1).transpose() * y_last.topRows(d.B - 1);
+  parallel_chunks(d.B, n, [&](Index b0, Index b1) {
+    int k = 0;
+    while (d.B * k / n != b0) ++k;  // this chunk's number (parallel_chunks' split)
+    run(b0, b1, k == 0 ? g : parts[k - 1]);
+  });
+  for (const LayerGrads<T>& p : parts) {
+    g.dw_ih += p.dw_ih;
+    g.dw_hh += p.dw_hh;
+    if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, GH) += RowVectorMap<T>(p.db_ih, GH);
+    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, GH) += RowVectorMap<T>(p.db_hh, GH);
   }
 }
 

@@ -38,7 +38,6 @@ struct ForwardWorkspace {  // forward's buffer, sized once per call before the l
 
 template <typename T>
 struct Workspace {  // backward's buffers, sized once per call before the loop
-  T* da;            // (B, T, 3H): gradient of the input-side pre-activations a_r, a_z, a_in
   T* dah;           // (B, 3H): gradient of the recurrent pre-activation at the current step
   T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
@@ -110,12 +109,23 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
 // forward's x, h0, y, gates, a_hn; dy (B, T, H); dh_n (B, H), the gradient reaching the final
 // state; opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
-void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_hn,
-                   const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
-                   const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
-                   const Dims& d) {
+void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+                   const T* gates, const T* a_hn, const LayerWeights<T>& w,
+                   const std::int64_t* lengths, const T* dy, const T* dh_n,
+                   const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   BackwardRecurrent<T> recurrent(w.w_hh, B);
+  // da is the gradient of the input side's pre-activations a_r, a_z, a_in. Once a window's
+  // dx and dW_ih are done, its n part becomes the recurrent side's, as dah's in the loop:
+  // d(a_hn) = r ⊙ d(a_in); b_hh enters with the recurrent side.
+  WindowGrads<T> grads(d, 3 * H, x, y, h0, dx, w, g,
+                       [gates, T_, H](MatrixMap<T> da_w, Index t0, Index steps) {
+                         for (Index b = 0; b < da_w.rows() / steps; ++b)
+                           da_w.block(b * steps, 2 * H, steps, H).array() *=
+                               ConstStepMap<T>(gates + (b * T_ + t0) * 3 * H, steps, H,
+                                               Eigen::OuterStride<>(3 * H))
+                                   .array();
+                       });
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dah(ws.dah, B, 3 * H), dh_total(ws.dh_total, B, H), dh_prev(ws.dh_prev, B, H);
@@ -125,7 +135,7 @@ void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_h
     const auto a_hn_t = at_step(a_hn, B, T_, H, t);
     const auto h_prev = t > 0 ? at_step(y, B, T_, H, t - 1)
                               : ConstStepMap<T>(h0, B, H, Eigen::OuterStride<>(H));
-    auto da = at_step(ws.da, B, T_, 3 * H, t);
+    auto da = grads.da(t);
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
     // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(a_in + r ⊙ a_hn): backprop into n, then
@@ -156,54 +166,24 @@ void backward_loop(T* dh0, const T* h0, const T* y, const T* gates, const T* a_h
     for (Index b = 0; b < B; ++b)  // a frozen state passes its gradient through unchanged
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
   }
+  grads.finish();
 }
 
-// With threads (split_count), the time loop and dx are split by batch rows, the weight
-// gradients by their rows, as in lstm::backward.
+// The whole backward, its batch split over threads (split_backward).
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const T* gates, const T* a_hn, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n,
               const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
-  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
-  const int nt = split_count(d, 3);
-  MatrixMap<T> da_all(ws.da, B * T_, 3 * H);
-  const ConstMatrixMap<T> x_all(x, B * T_, D);
-  if (nt == 1) {
-    backward_loop<T>(dh0, h0, y, gates, a_hn, w, lengths, dy, dh_n, opt, ws, d);
-    MatrixMap<T> dx_all(dx, B * T_, D);
-    input_projection_backward<T>(dx_all, g, ConstMatrixMap<T>(ws.da, B * T_, 3 * H), x_all, w);
-  } else {
-    parallel_chunks(B, nt, [&](Index b0, Index b1) {
-      const Index nb = b1 - b0;
-      StepOptions<T> o = opt;
-      if (o.norms != nullptr) o.norms += b0 * T_;
-      const Workspace<T> w_ = {ws.da + b0 * T_ * 3 * H, ws.dah + b0 * 3 * H,
-                               ws.dh_total + b0 * H, ws.dh_prev + b0 * H};
-      backward_loop<T>(dh0 + b0 * H, h0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 3 * H,
-                       a_hn + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                       dy + b0 * T_ * H, dh_n + b0 * H, o, w_, Dims{nb, T_, D, H});
-      MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
-          ConstMatrixMap<T>(ws.da + b0 * T_ * 3 * H, nb * T_, 3 * H) * w.w_ih;
-    });
-    parallel_chunks(3 * H, nt, [&](Index r0, Index r1) {
-      g.dw_ih.middleRows(r0, r1 - r0).noalias() =
-          da_all.middleCols(r0, r1 - r0).transpose() * x_all;
-    });
-    if (g.db_ih != nullptr) sum_rows(g.db_ih, ConstMatrixMap<T>(ws.da, B * T_, 3 * H));
-  }
-  // The input side is done with da: turn it into the recurrent side's gradient for all steps
-  // at once, the same product as dah's in the loop: d(a_hn) = r ⊙ d(a_in).
-  const ConstMatrixMap<T> gates_all(gates, B * T_, 3 * H);
-  da_all.rightCols(H) = da_all.rightCols(H).cwiseProduct(gates_all.leftCols(H));
-  // b_hh enters with the recurrent side.
-  if (g.db_hh != nullptr) sum_rows(g.db_hh, da_all);
-  if (nt == 1) {
-    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 3 * H);
-    return;
-  }
-  parallel_chunks(3 * H, nt, [&](Index r0, Index r1) {
-    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, 3 * H, r0, r1 - r0);
+  const Index T_ = d.T, D = d.D, H = d.H;
+  split_backward<T>(d, 3, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
+    StepOptions<T> o = opt;
+    if (o.norms != nullptr) o.norms += b0 * T_;
+    const Workspace<T> ws_k = {ws.dah + b0 * 3 * H, ws.dh_total + b0 * H, ws.dh_prev + b0 * H};
+    backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
+                     y + b0 * T_ * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H, w,
+                     lengths == nullptr ? nullptr : lengths + b0, dy + b0 * T_ * H,
+                     dh_n + b0 * H, o, ws_k, Dims{b1 - b0, T_, D, H});
   });
 }
 

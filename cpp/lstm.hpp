@@ -17,7 +17,6 @@ namespace rnnfast::lstm {
 
 template <typename T>
 struct Workspace {  // backward's buffers, sized once per call before the loop
-  T* da;            // (B, T, 4H): gradient of the pre-activations a_t
   T* tanh_c;        // (B, H): tanh(c_t) at the current step
   T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
   T* dc_total;      // (B, H): dL/dc_t from both h_t and c_{t+1}
@@ -91,9 +90,9 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
 // Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, H); dh_n, dc_n (B, H), the gradients
 // reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the cell path
 // dc is never clipped (see clip_rows_and_norms).
-// The time loop of backward alone: fills ws.da, dh0, dc0 (and opt.norms).
 template <typename T>
-void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
+void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0,
+                   const T* c0, const T* y, const T* gates, const T* c,
                    const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
                    const T* dh_n, const T* dc_n, const StepOptions<T>& opt,
                    const Workspace<T>& ws, const Dims& d) {
@@ -105,6 +104,7 @@ void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
   MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
       dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
+  WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g);
   for (Index t = T_ - 1; t >= 0; --t) {
     const auto gt = at_step(gates, B, T_, 4 * H, t);
     const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
@@ -112,7 +112,7 @@ void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
     const auto c_t = at_step(c, B, T_, H, t);
     const auto c_prev = t > 0 ? at_step(c, B, T_, H, t - 1)
                               : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
-    auto da = at_step(ws.da, B, T_, 4 * H, t);
+    auto da = grads.da(t);
     tanh_c = c_t.array().tanh().matrix();
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
@@ -144,47 +144,27 @@ void backward_loop(T* dh0, T* dc0, const T* c0, const T* gates, const T* c,
       }
     }
   }
+  grads.finish();
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
-// With threads (split_count), the time loop and dx are split by batch rows like forward, and the
-// weight gradients, sums over all rows, by their own rows (the gate units).
+// The whole backward, its batch split over threads (split_backward).
 template <typename T>
 void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
               const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
               const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
-  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
-  const int n = split_count(d, 4);
-  ConstMatrixMap<T> da_all(ws.da, B * T_, 4 * H);
-  ConstMatrixMap<T> x_all(x, B * T_, D);
-  if (n == 1) {
-    backward_loop<T>(dh0, dc0, c0, gates, c, w, lengths, dy, dh_n, dc_n, opt, ws, d);
-    MatrixMap<T> dx_all(dx, B * T_, D);
-    input_projection_backward<T>(dx_all, g, da_all, x_all, w);
-    // b_hh enters a_t exactly as b_ih does.
-    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 4 * H) = RowVectorMap<T>(g.db_ih, 4 * H);
-    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, 4 * H);
-    return;
-  }
-  parallel_chunks(B, n, [&](Index b0, Index b1) {
-    const Index nb = b1 - b0;
+  const Index T_ = d.T, D = d.D, H = d.H;
+  split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
-    const Workspace<T> w_ = {ws.da + b0 * T_ * 4 * H, ws.tanh_c + b0 * H,
-                             ws.dh_total + b0 * H, ws.dc_total + b0 * H, ws.dh_prev + b0 * H};
-    backward_loop<T>(dh0 + b0 * H, dc0 + b0 * H, c0 + b0 * H, gates + b0 * T_ * 4 * H,
+    const Workspace<T> ws_k = {ws.tanh_c + b0 * H, ws.dh_total + b0 * H, ws.dc_total + b0 * H,
+                               ws.dh_prev + b0 * H};
+    backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, dc0 + b0 * H, g_k, x + b0 * T_ * D,
+                     h0 + b0 * H, c0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 4 * H,
                      c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, w_, Dims{nb, T_, D, H});
-    MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
-        ConstMatrixMap<T>(ws.da + b0 * T_ * 4 * H, nb * T_, 4 * H) * w.w_ih;
+                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, ws_k,
+                     Dims{b1 - b0, T_, D, H});
   });
-  parallel_chunks(4 * H, n, [&](Index r0, Index r1) {
-    g.dw_ih.middleRows(r0, r1 - r0).noalias() = da_all.middleCols(r0, r1 - r0).transpose() * x_all;
-    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, 4 * H, r0, r1 - r0);
-  });
-  if (g.db_ih != nullptr) sum_rows(g.db_ih, da_all);
-  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, 4 * H) = RowVectorMap<T>(g.db_ih, 4 * H);
 }
 
 }  // namespace rnnfast::lstm

@@ -13,8 +13,7 @@ namespace rnnfast::rnn {
 enum class Activation { Tanh, Relu };
 
 template <typename T>
-struct Workspace {  // backward's buffers, sized once per call before the loop
-  T* da;            // (B, T, H): gradient of the pre-activation a_t
+struct Workspace {  // backward's buffer, sized once per call before the loop
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
 };
 
@@ -75,18 +74,22 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
   });
 }
 
-// The time loop of backward alone: fills ws.da, dh0 (and opt.norms).
+// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
+// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
+// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
 template <typename T>
-void backward_loop(T* dh0, const T* y, const LayerWeights<T>& w, const std::int64_t* lengths,
-                   Activation f, const T* dy, const T* dh_n, const StepOptions<T>& opt,
+void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
+                   const LayerWeights<T>& w, const std::int64_t* lengths, Activation f,
+                   const T* dy, const T* dh_n, const StepOptions<T>& opt,
                    const Workspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
+  WindowGrads<T> grads(d, H, x, y, h0, dx, w, g);
   for (Index t = T_ - 1; t >= 0; --t) {
-    auto da = at_step(ws.da, B, T_, H, t);
+    auto da = grads.da(t);
     const auto h_t = at_step(y, B, T_, H, t);
     const auto dy_t = at_step(dy, B, T_, H, t);
     // h_t feeds both the loss at t and step t+1: dL/dh_t = dh + dy_t. The per-step options
@@ -110,45 +113,24 @@ void backward_loop(T* dh0, const T* y, const LayerWeights<T>& w, const std::int6
     for (Index b = 0; b < B; ++b)
       if (is_valid(lengths, b, t)) dh.row(b) = dh_prev.row(b);
   }
+  grads.finish();
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
-// forward's x, h0, y; dy (B, T, H); dh_n (B, H), the gradient reaching the final state;
-// opt, per-step clipping and norms of dL/dh_t (see clip_rows_and_norms).
+// The whole backward, its batch split over threads (split_backward).
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
               const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
               const Dims& d) {
-  const Index B = d.B, T_ = d.T, H = d.H, D = d.D;
-  const int n = split_count(d, 1);
-  ConstMatrixMap<T> da_all(ws.da, B * T_, H);
-  ConstMatrixMap<T> x_all(x, B * T_, D);
-  if (n == 1) {
-    backward_loop<T>(dh0, y, w, lengths, f, dy, dh_n, opt, ws, d);
-    MatrixMap<T> dx_all(dx, B * T_, D);
-    input_projection_backward<T>(dx_all, g, da_all, x_all, w);
-    // b_hh enters a_t exactly as b_ih does.
-    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, H) = RowVectorMap<T>(g.db_ih, H);
-    recurrent_weight_grad<T>(g.dw_hh, ws.da, y, h0, d, H);
-    return;
-  }
-  parallel_chunks(B, n, [&](Index b0, Index b1) {
-    const Index nb = b1 - b0;
+  const Index T_ = d.T, D = d.D, H = d.H;
+  split_backward<T>(d, 1, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
-    const Workspace<T> w_ = {ws.da + b0 * T_ * H, ws.dh_prev + b0 * H};
-    backward_loop<T>(dh0 + b0 * H, y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                     f, dy + b0 * T_ * H, dh_n + b0 * H, o, w_, Dims{nb, T_, D, H});
-    MatrixMap<T>(dx + b0 * T_ * D, nb * T_, D).noalias() =
-        ConstMatrixMap<T>(ws.da + b0 * T_ * H, nb * T_, H) * w.w_ih;
+    backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
+                     y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0, f,
+                     dy + b0 * T_ * H, dh_n + b0 * H, o, Workspace<T>{ws.dh_prev + b0 * H},
+                     Dims{b1 - b0, T_, D, H});
   });
-  parallel_chunks(H, n, [&](Index r0, Index r1) {
-    g.dw_ih.middleRows(r0, r1 - r0).noalias() = da_all.middleCols(r0, r1 - r0).transpose() * x_all;
-    recurrent_weight_grad_rows<T>(g.dw_hh, ws.da, y, h0, d, H, r0, r1 - r0);
-  });
-  if (g.db_ih != nullptr) sum_rows(g.db_ih, da_all);
-  if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, H) = RowVectorMap<T>(g.db_ih, H);
 }
 
 }  // namespace rnnfast::rnn

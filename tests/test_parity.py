@@ -22,6 +22,9 @@ CONFIGS = [
     (3, 6, 2, 5, 2, "partial", False),
     (1, 30, 8, 16, 2, "none", True),
     (16, 12, 10, 32, 1, "partial", True),
+    # several of backward's windows (common.hpp WindowGrads: ceil(1024 / B) steps each)
+    (100, 25, 3, 4, 1, "partial", True),
+    (1100, 3, 2, 3, 2, "none", True),
 ]
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
