@@ -76,3 +76,23 @@ def test_serial_unchanged_by_split(threads, cell):
     threads(1)
     for k, v in _step(model, *data, None).items():
         np.testing.assert_array_equal(v, serial[k], err_msg=k)
+
+
+@pytest.mark.parametrize("value, want", [("2", 2), ("3,1", 3), (" 1 ", 1), ("0", None),
+                                         ("-2", None), ("two", None), ("", None)])
+def test_omp_num_threads_is_read(value, want):
+    from rnnfast._platform import threads_from_env
+    assert threads_from_env({"OMP_NUM_THREADS": value}) == want
+    assert threads_from_env({}) is None
+
+
+def test_omp_num_threads_sets_the_default_at_import():
+    import os
+    import subprocess
+    import sys
+    code = "import rnnfast; print(rnnfast.get_num_threads())"
+    for value, want in (("2", "2"), ("junk", "1")):
+        env = dict(os.environ, OMP_NUM_THREADS=value)
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        assert out == want, (value, out)

@@ -14,6 +14,7 @@ check_cpu()  # before anything loads rnnfast._core: an ImportError, not "illegal
 
 from . import checkpoint, clip, diagnostics, experiments, init, losses, optim, reference, \
     tasks, train  # noqa: E402
+from ._platform import threads_from_env  # noqa: E402
 from ._recurrent import ForwardCache  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .gru import GRU  # noqa: E402
@@ -29,3 +30,6 @@ __all__ = ["RNN", "LSTM", "GRU", "Linear", "Model", "ForwardCache", "fit", "eval
            "experiments", "init", "losses", "optim", "reference", "tasks", "train",
            "set_num_threads", "get_num_threads", "set_cache_limit", "empty_cache", "cache_info",
            "build_info", "__version__"]
+
+if threads_from_env() is not None:
+    set_num_threads(threads_from_env())

@@ -79,15 +79,24 @@ def set_num_threads(n):
     A layer call with enough work (B >= 2 and B*T*G*H*(D+H) >= 2**22 multiply-adds, G = 1,
     3, 4 for RNN, GRU, LSTM) splits its batch into ``min(n, B)`` contiguous chunks, one thread
     each, for the whole time loop (sequences are independent: no synchronisation per step);
-    the weight gradients are split by their rows. Results repeat bit for bit for a given ``n``
-    and match the NumPy reference as the serial path does. The default is 1 (in builds with
-    OpenMP, OpenMP's default: OMP_NUM_THREADS if set, else one per core; there ``n`` also sets
-    Eigen's OpenMP threads).
+    each chunk sums its own weight gradients, added in chunk order. Results repeat bit for bit
+    for a given ``n`` and match the NumPy reference as the serial path does. The default at
+    import is OMP_NUM_THREADS when it is set to a positive integer, else 1 (in builds with
+    OpenMP, OpenMP's default; there ``n`` also sets Eigen's OpenMP threads).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     from . import _core
     _core.set_num_threads(n)
+
+
+def threads_from_env(environ=None):
+    """The thread count OMP_NUM_THREADS asks for (its first entry), or None when it is unset or
+    not a positive integer (OpenMP ignores such a value too)."""
+    import os
+    value = (os.environ if environ is None else environ).get("OMP_NUM_THREADS", "")
+    first = value.split(",")[0].strip()
+    return int(first) if first.isdigit() and int(first) > 0 else None
 
 
 def get_num_threads():
