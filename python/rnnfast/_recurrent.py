@@ -15,6 +15,11 @@ import numpy as np
 from . import _checks
 
 
+# The largest zero state a model keeps between calls; larger ones are made at each call, where
+# that costs little beside the step.
+_KEEP_ZEROS_BYTES = 1 << 16
+
+
 class ForwardCache:
     """What ``backward`` needs from one ``forward`` call. Treat it as opaque.
 
@@ -74,6 +79,7 @@ class Recurrent:
         self.check_finite = bool(check_finite)
         self.seed = seed
         self._token = object()  # identifies this model's caches
+        self._zeros = None  # (B, per-layer zero states) kept by _zero_states
         self._param_shapes = self._shapes()  # fixed by the constructor's arguments
         # Per layer, (name, shape) of each parameter in the order the layer functions take them,
         # (None, None) for an absent bias; and the names of the gradients a layer returns.
@@ -156,8 +162,7 @@ class Recurrent:
         arrays (B, H)."""
         L, H, dtype = self.num_layers, self.hidden_size, self.dtype
         if state is None:
-            return [tuple(np.zeros((B, H), dtype) for _ in range(self.state_parts))
-                    for _ in range(L)]
+            return self._zero_states(B)
         if self.state_parts == 1:
             parts, labels = (state,), (name,)
         else:
@@ -173,14 +178,31 @@ class Recurrent:
             if self.check_finite:
                 _checks.check_finite(a, label)
             out.append(a)
-        return [tuple(a[k] for a in out) for k in range(L)]
+        return list(zip(*out))  # iterating an (L, B, H) array gives its L views (B, H)
+
+    def _zero_states(self, B):
+        """Per layer, a tuple of ``state_parts`` zero arrays (B, H).
+
+        Made read-only and kept for the next call with the same B when small (the online
+        case, where making them anew is a noticeable part of a step): the layer functions only
+        read their initial state and dstate, and the user never sees these arrays.
+        """
+        kept = self._zeros
+        if kept is not None and kept[0] == B:
+            return kept[1]
+        zeros = np.zeros((self.num_layers, self.state_parts, B, self.hidden_size), self.dtype)
+        zeros.flags.writeable = False
+        per_layer = [tuple(layer) for layer in zeros]  # views (B, H) of one array
+        if zeros.nbytes <= _KEEP_ZEROS_BYTES:
+            self._zeros = (B, per_layer)
+        return per_layer
 
     def _user_state(self, per_layer):
         """Per-layer tuples of (B, H) arrays -> the user's form: one (L, B, H) array, or for
         the LSTM the tuple (h, c) of two."""
         if len(per_layer) == 1:
             # Views, not copies: the layer functions return arrays of their own, never an input.
-            parts = tuple(a[None] for a in per_layer[0])
+            parts = [a[None] for a in per_layer[0]]
         else:
             parts = []
             for layer_parts in zip(*per_layer):
