@@ -192,7 +192,7 @@ class Recurrent:
             return kept[1]
         zeros = np.zeros((self.num_layers, self.state_parts, B, self.hidden_size), self.dtype)
         zeros.flags.writeable = False
-        per_layer = [tuple(layer) for layer in zeros]  # views (B, H) of one array
+        per_layer = tuple(tuple(layer) for layer in zeros)  # views (B, H) of one array
         if zeros.nbytes <= _KEEP_ZEROS_BYTES:
             self._zeros = (B, per_layer)
         return per_layer
