@@ -8,6 +8,11 @@ With ``--against DIR``, DIR must hold a copy of the package renamed ``rnnfast_ol
 ``_core`` extension included); both are timed in the same process, round by round in turn,
 so that drift of a noisy machine hits both alike. Prints the median per-step time over the
 rounds, each round being the mean of ``--steps`` steps.
+
+With ``--python-only`` the models' compiled layer calls are replaced by stubs that return a
+result computed beforehand, so that what is timed is the Python layer alone (the finiteness
+scans of ``check_finite`` included, since they are not layer calls); this is steadier than
+the difference of two whole steps on a noisy machine. One layer only.
 """
 
 import argparse
@@ -27,6 +32,24 @@ def step_time(model, x, dy, steps):
     return (time.perf_counter() - t0) / steps
 
 
+def stub_layer_calls(model, x, dy):
+    """Make the model's one layer call per pass return, at once, what it returned for (x, dy)."""
+    results = {}
+
+    def recording(key, fn):
+        def call(*args, **kwargs):
+            results[key] = fn(*args, **kwargs)
+            return results[key]
+        return call
+
+    real = model._forward_fn, model._backward_fn
+    model._forward_fn, model._backward_fn = (recording("f", real[0]), recording("b", real[1]))
+    _, _, cache = model.forward(x)
+    model.backward(cache, dy)
+    model._forward_fn = lambda *args: results["f"]
+    model._backward_fn = lambda *args, **kwargs: results["b"]
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=2000)
@@ -35,6 +58,7 @@ def main():
                    metavar=("B", "T", "D", "H"))
     p.add_argument("--against", metavar="DIR")
     p.add_argument("--no-check-finite", action="store_true")
+    p.add_argument("--python-only", action="store_true")
     a = p.parse_args()
     B, T, D, H = a.config
     packages = {"new": importlib.import_module("rnnfast")}
@@ -48,6 +72,8 @@ def main():
         models = {k: getattr(pkg, cell)(D, H, seed=0, check_finite=not a.no_check_finite)
                   for k, pkg in packages.items()}
         for m in models.values():
+            if a.python_only:
+                stub_layer_calls(m, x, dy)
             step_time(m, x, dy, 200)  # warm-up
         times = {k: [] for k in models}
         for _ in range(a.rounds):
