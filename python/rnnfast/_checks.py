@@ -59,15 +59,21 @@ def check_finite(a, name):
     anything else is looked at by NumPy.
     """
     try:
-        ok = _core.all_finite(a.reshape(-1))
+        # ravel, not reshape(-1): the same view of a C-contiguous array, made faster.
+        ok = _core.all_finite(a.ravel())
     except TypeError:  # not float32 or float64 in native byte order
         ok = bool(np.isfinite(a).all())
     if not ok:
-        bad = np.argwhere(~np.isfinite(a))
-        raise ValueError(
-            f"{name} contains {len(bad)} non-finite value(s) (NaN or Inf), the first at index "
-            f"{tuple(int(i) for i in bad[0])}; pass check_finite=False to the model to skip this "
-            f"check")
+        raise_non_finite(a, name)
+
+
+def raise_non_finite(a, name):
+    """The error for an ``a`` that holds a NaN or an infinity (found by the caller)."""
+    bad = np.argwhere(~np.isfinite(a))
+    raise ValueError(
+        f"{name} contains {len(bad)} non-finite value(s) (NaN or Inf), the first at index "
+        f"{tuple(int(i) for i in bad[0])}; pass check_finite=False to the model to skip this "
+        f"check")
 
 
 def as_lengths(lengths, B, T):
@@ -133,9 +139,15 @@ def _physical_memory():
 
 
 def check_allocation(nbytes, what):
-    """Refuse, before allocating anything, a request larger than the machine's memory."""
+    """Refuse, before allocating anything, a request larger than the machine's memory.
+
+    ``what`` names the request: text, or a function returning it, called only on refusal
+    (for the per-step callers, which would otherwise format a message every call).
+    """
     total = _physical_memory()
     if total is not None and nbytes > total:
+        if callable(what):
+            what = what()
         raise MemoryError(
             f"{what} would need {nbytes / 2**30:.1f} GiB, more than this machine's "
             f"{total / 2**30:.1f} GiB of memory")

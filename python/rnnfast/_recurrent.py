@@ -13,6 +13,12 @@ G = gates per cell.
 import numpy as np
 
 from . import _checks
+from ._core import all_finite
+
+
+# The largest zero state a model keeps between calls; larger ones are made at each call, where
+# that costs little beside the step.
+_KEEP_ZEROS_BYTES = 1 << 16
 
 
 class ForwardCache:
@@ -22,6 +28,8 @@ class ForwardCache:
     whatever the cell saves (``saved``). The input of layer 0 is the ``x`` given to
     ``forward`` (or its converted copy), so do not modify ``x`` in place before ``backward``.
     """
+
+    __slots__ = ("owner", "batch", "steps", "lengths", "layers")
 
     def __init__(self, owner, batch, steps, lengths, layers):
         self.owner = owner
@@ -72,7 +80,18 @@ class Recurrent:
         self.check_finite = bool(check_finite)
         self.seed = seed
         self._token = object()  # identifies this model's caches
+        self._zeros = None  # (B, per-layer zero states) kept by _zero_states
         self._param_shapes = self._shapes()  # fixed by the constructor's arguments
+        # Per layer, (name, shape) of each parameter in the order the layer functions take them,
+        # (None, None) for an absent bias; and the names of the gradients a layer returns.
+        self._layer_specs = tuple(
+            tuple((name, self._param_shapes[name]) if name in self._param_shapes
+                  else (None, None)
+                  for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}",
+                               f"bias_hh_l{k}"))
+            for k in range(self.num_layers))
+        self._layer_grad_names = tuple(tuple(name for name, _ in spec if name is not None)
+                                       for spec in self._layer_specs)
         self.params = self._init_params(np.random.default_rng(seed))
 
     # -- parameters -------------------------------------------------------------------------
@@ -104,35 +123,47 @@ class Recurrent:
                 for name, shape in shapes.items()}
 
     def _layer_params(self):
-        """Per layer, a dict of its four parameters (biases None without bias), checked.
+        """Per layer, the tuple ``(weight_ih, weight_hh, bias_ih, bias_hh)`` (biases None
+        without bias), checked.
 
-        ``params`` holds live arrays that users and optimisers may replace; anything of the
-        wrong shape, dtype or layout is refused here, before it can reach C++.
+        ``params`` holds live arrays that users and optimisers may replace, or reshape in
+        place; so they are looked at on every call, and anything of the wrong shape, dtype or
+        layout is refused here, before it can reach C++.
         """
+        get, dtype = self.params.get, self.dtype
         layers = []
-        for name, shape in self._param_shapes.items():
-            a = self.params.get(name)
-            if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
-                    or not a.flags.c_contiguous:
-                got = (f"{type(a).__name__}" if not isinstance(a, np.ndarray) else
-                       f"{a.dtype} array of shape {_checks.shape_str(a.shape)}"
-                       f"{'' if a.flags.c_contiguous else ', not C-contiguous'}")
-                raise ValueError(
-                    f"params[{name!r}] must be a C-contiguous {self.dtype} array of shape "
-                    f"{_checks.shape_str(shape)}, got {got}")
-        for k in range(self.num_layers):
-            p = {n: self.params.get(f"{n}_l{k}") for n in
-                 ("weight_ih", "weight_hh", "bias_ih", "bias_hh")}
-            layers.append(p)
+        for spec in self._layer_specs:
+            p = []
+            for name, shape in spec:
+                a = None if name is None else get(name)
+                # The usual case in a few cheap tests; the full check tells the rest apart.
+                if name is not None and (type(a) is not np.ndarray or a.dtype is not dtype
+                                         or a.shape != shape or not a.flags.c_contiguous):
+                    self._check_param(name, shape, a)
+                p.append(a)
+            layers.append(tuple(p))
         return layers
+
+    def _check_param(self, name, shape, a):
+        """Raise unless ``a`` can be parameter ``name`` (an ndarray subclass, or a dtype equal
+        to the model's without being the same object, passes)."""
+        if not isinstance(a, np.ndarray) or a.shape != shape or a.dtype != self.dtype \
+                or not a.flags.c_contiguous:
+            got = (f"{type(a).__name__}" if not isinstance(a, np.ndarray) else
+                   f"{a.dtype} array of shape {_checks.shape_str(a.shape)}"
+                   f"{'' if a.flags.c_contiguous else ', not C-contiguous'}")
+            raise ValueError(
+                f"params[{name!r}] must be a C-contiguous {self.dtype} array of shape "
+                f"{_checks.shape_str(shape)}, got {got}")
 
     # -- state ------------------------------------------------------------------------------
 
-    def _state_parts(self, state, B, name):
-        """The user's state as a tuple of ``state_parts`` arrays (L, B, H), zeros if None."""
-        shape = (self.num_layers, B, self.hidden_size)
+    def _layer_states(self, state, B, name):
+        """The user's state (zeros if None), checked, per layer: a tuple of ``state_parts``
+        arrays (B, H)."""
+        L, H, dtype = self.num_layers, self.hidden_size, self.dtype
         if state is None:
-            return tuple(np.zeros(shape, self.dtype) for _ in range(self.state_parts))
+            return self._zero_states(B)
         if self.state_parts == 1:
             parts, labels = (state,), (name,)
         else:
@@ -142,15 +173,44 @@ class Recurrent:
             parts, labels = state, (f"{name}[0] (h)", f"{name}[1] (c)")
         out = []
         for part, label in zip(parts, labels):
-            _checks.check_float_array(part, label, self.dtype, 3)
-            _checks.expect_shape(part, label, shape, "(num_layers, B, H)")
-            a = np.ascontiguousarray(part, dtype=self.dtype)
-            if self.check_finite:
-                _checks.check_finite(a, label)
+            _checks.check_float_array(part, label, dtype, 3)
+            _checks.expect_shape(part, label, (L, B, H), "(num_layers, B, H)")
+            a = np.ascontiguousarray(part, dtype=dtype)
+            if self.check_finite and not all_finite(a.ravel()):
+                _checks.raise_non_finite(a, label)
             out.append(a)
-        return tuple(out)
+        return list(zip(*out))  # iterating an (L, B, H) array gives its L views (B, H)
 
-    def _pack_state(self, parts):
+    def _zero_states(self, B):
+        """Per layer, a tuple of ``state_parts`` zero arrays (B, H).
+
+        Made read-only and kept for the next call with the same B when small (the online
+        case, where making them anew is a noticeable part of a step): the layer functions only
+        read their initial state and dstate, and the user never sees these arrays.
+        """
+        kept = self._zeros
+        if kept is not None and kept[0] == B:
+            return kept[1]
+        zeros = np.zeros((self.num_layers, self.state_parts, B, self.hidden_size), self.dtype)
+        zeros.flags.writeable = False
+        per_layer = tuple(tuple(layer) for layer in zeros)  # views (B, H) of one array
+        if zeros.nbytes <= _KEEP_ZEROS_BYTES:
+            self._zeros = (B, per_layer)
+        return per_layer
+
+    def _user_state(self, per_layer):
+        """Per-layer tuples of (B, H) arrays -> the user's form: one (L, B, H) array, or for
+        the LSTM the tuple (h, c) of two."""
+        if len(per_layer) == 1:
+            # Views, not copies: the layer functions return arrays of their own, never an input.
+            parts = [a[None] for a in per_layer[0]]
+        else:
+            parts = []
+            for layer_parts in zip(*per_layer):
+                whole = np.empty((len(layer_parts), *layer_parts[0].shape), self.dtype)
+                for k, a in enumerate(layer_parts):
+                    whole[k] = a
+                parts.append(whole)
         return parts[0] if self.state_parts == 1 else tuple(parts)
 
     # -- the public passes ------------------------------------------------------------------
@@ -184,36 +244,35 @@ class Recurrent:
 
         B = 0 or T = 0 are allowed: y is empty, and with T = 0 the state is returned unchanged.
         """
-        _checks.check_float_array(x, "x", self.dtype, 3)
+        dtype, L, H = self.dtype, self.num_layers, self.hidden_size
+        _checks.check_float_array(x, "x", dtype, 3)
         B, T, D = x.shape
         if D != self.input_size:
             raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
                              f"{self.input_size}, got {_checks.shape_str(x.shape)}")
         # Before anything is allocated, converting x included.
         _checks.check_allocation(
-            B * T * (D + self.num_layers * self.hidden_size * (1 + self.saved_per_step))
-            * self.dtype.itemsize,
-            f"forward over B={B}, T={T} with hidden_size={self.hidden_size}, "
-            f"num_layers={self.num_layers}")
-        x = np.ascontiguousarray(x, dtype=self.dtype)
-        if self.check_finite:
-            _checks.check_finite(x, "x")
+            B * T * (D + L * H * (1 + self.saved_per_step)) * dtype.itemsize,
+            lambda: f"forward over B={B}, T={T} with hidden_size={H}, num_layers={L}")
+        x = np.ascontiguousarray(x, dtype=dtype)
+        # x is now of the model's dtype in C order, what all_finite takes: called directly,
+        # without check_finite's wrapper, since at online the check is held under 2 % of a step.
+        if self.check_finite and not all_finite(x.ravel()):
+            _checks.raise_non_finite(x, "x")
         lengths = _checks.as_lengths(lengths, B, T)
-        state0 = self._state_parts(state, B, "state")
+        states = self._layer_states(state, B, "state")
         layer_params = self._layer_params()
 
-        final = tuple(np.empty_like(s) for s in state0)
-        layers = []
+        layer_forward = self._layer_forward
+        finals, layers = [], []
         inp = x
-        for k, p in enumerate(layer_params):
-            s0 = tuple(s[k] for s in state0)
-            y, s_n, saved = self._layer_forward(inp, s0, p, lengths)
-            for whole, part in zip(final, s_n):
-                whole[k] = part
+        for s0, p in zip(states, layer_params):
+            y, s_n, saved = layer_forward(inp, s0, p, lengths)
+            finals.append(s_n)
             layers.append((inp, s0, y, saved))
             inp = y
         cache = ForwardCache(self._token, B, T, lengths, layers)
-        return inp, self._pack_state(final), cache
+        return inp, self._user_state(finals), cache
 
     def backward(self, cache, dy, dstate=None, *, clip_per_step=None, return_grad_norms=False,
                  check_finite=None):
@@ -274,43 +333,44 @@ class Recurrent:
         _checks.check_float_array(dy, "dy", self.dtype, 3)
         _checks.expect_shape(dy, "dy", (B, T, self.hidden_size), "(B, T, hidden_size)")
         dy = np.ascontiguousarray(dy, dtype=self.dtype)  # converted once its shape is right
-        if check:
-            _checks.check_finite(dy, "dy")
-        dstate_n = self._state_parts(dstate, B, "dstate")
+        if check and not all_finite(dy.ravel()):  # dy converted as x in forward
+            _checks.raise_non_finite(dy, "dy")
+        dstates = self._layer_states(dstate, B, "dstate")
         layer_params = self._layer_params()
 
-        grads = {}
-        dstate0 = tuple(np.empty_like(s) for s in dstate_n)
-        norms = np.zeros((self.num_layers, T), self.dtype) if grad_norms else None  # (L, T)
+        L = self.num_layers
+        dstate0 = [None] * L
+        layer_grads = [None] * L
+        norms = np.zeros((L, T), self.dtype) if grad_norms else None  # (L, T)
         step = {"clip_per_step": clip, "grad_norms": grad_norms}
+        layer_backward, lengths = self._layer_backward, cache.lengths
         d_out = dy
-        for k in reversed(range(self.num_layers)):
+        for k in reversed(range(L)):
             x, s0, y, saved = cache.layers[k]
-            ds_n = tuple(s[k] for s in dstate_n)
-            d_out, ds0, layer_grads, *layer_norms = self._layer_backward(
-                x, s0, y, saved, layer_params[k], cache.lengths, d_out, ds_n, step)
-            for whole, part in zip(dstate0, ds0):
-                whole[k] = part
-            for name, g in layer_grads.items():
-                if g is not None:
-                    grads[f"{name}_l{k}"] = g
+            d_out, dstate0[k], layer_grads[k], *layer_norms = layer_backward(
+                x, s0, y, saved, layer_params[k], lengths, d_out, dstates[k], step)
             if grad_norms:
-                norms[k] = _mean_over_sequences(layer_norms[0], cache.lengths)
-        grads = {name: grads[name] for name in self.params}  # the order of params
+                norms[k] = _mean_over_sequences(layer_norms[0], lengths)
+        grads = {}  # in the order of params; zip drops the biases' None without bias
+        for names, g in zip(self._layer_grad_names, layer_grads):
+            grads.update(zip(names, g))
         if grad_norms:
-            return d_out, self._pack_state(dstate0), grads, norms
-        return d_out, self._pack_state(dstate0), grads
+            return d_out, self._user_state(dstate0), grads, norms
+        return d_out, self._user_state(dstate0), grads
 
     # -- what a cell supplies ---------------------------------------------------------------
 
     def _layer_forward(self, x, state0, p, lengths):
-        """One layer: returns (y, final state tuple, saved tuple)."""
+        """One layer: returns (y, final state tuple, saved tuple). ``p`` is the layer's
+        ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
         raise NotImplementedError
 
     def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
-        """One layer: returns (dx, dstate0 tuple, dict of the four parameter gradients), and
-        the (B, T) norms of dL/dh_t last when ``step["grad_norms"]``. ``step`` holds the
-        backward functions' ``clip_per_step`` (0 for off) and ``grad_norms``."""
+        """One layer: returns (dx, dstate0 tuple, the tuple of the four parameter gradients
+        (dweight_ih, dweight_hh, dbias_ih, dbias_hh), the biases' None without bias), and the
+        (B, T) norms of dL/dh_t last when ``step["grad_norms"]``. ``step`` holds the backward
+        functions' ``clip_per_step`` (0 for off) and ``grad_norms``, to be passed by position
+        (keywords cost microseconds per call through pybind11)."""
         raise NotImplementedError
 
     def to_torch(self):

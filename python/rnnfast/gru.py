@@ -77,15 +77,12 @@ class GRU(Recurrent):
         self._forward_fn, self._backward_fn = impl.gru_forward, impl.gru_backward
 
     def _layer_forward(self, x, state0, p, lengths):
-        (h0,) = state0
-        y, h_n, gates, a_hn = self._forward_fn(x, h0, p["weight_ih"], p["weight_hh"],
-                                               p["bias_ih"], p["bias_hh"], lengths)
+        y, h_n, gates, a_hn = self._forward_fn(x, state0[0], *p, lengths)
         return y, (h_n,), (gates, a_hn)
 
     def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
-        (h0,), (gates, a_hn), (dh_n,) = state0, saved, dstate_n
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *norms = self._backward_fn(
-            x, h0, y, gates, a_hn, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"],
-            lengths, dy, dh_n, **step)
-        return dx, (dh0,), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
-                            "bias_hh": db_hh}, *norms
+        gates, a_hn = saved
+        dx, dh0, *grads = self._backward_fn(
+            x, state0[0], y, gates, a_hn, *p, lengths, dy, dstate_n[0], step["clip_per_step"],
+            step["grad_norms"])
+        return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

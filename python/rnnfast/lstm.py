@@ -77,14 +77,12 @@ class LSTM(Recurrent):
 
     def _layer_forward(self, x, state0, p, lengths):
         h0, c0 = state0
-        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, p["weight_ih"], p["weight_hh"],
-                                                 p["bias_ih"], p["bias_hh"], lengths)
+        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, *p, lengths)
         return y, (h_n, c_n), (gates, c)
 
     def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
         (h0, c0), (gates, c), (dh_n, dc_n) = state0, saved, dstate_n
-        dx, dh0, dc0, dw_ih, dw_hh, db_ih, db_hh, *norms = self._backward_fn(
-            x, h0, c0, y, gates, c, p["weight_ih"], p["weight_hh"], p["bias_ih"],
-            p["bias_hh"], lengths, dy, dh_n, dc_n, **step)
-        return dx, (dh0, dc0), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
-                                "bias_hh": db_hh}, *norms
+        dx, dh0, dc0, *grads = self._backward_fn(
+            x, h0, c0, y, gates, c, *p, lengths, dy, dh_n, dc_n, step["clip_per_step"],
+            step["grad_norms"])
+        return dx, (dh0, dc0), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

@@ -69,18 +69,14 @@ class RNN(Recurrent):
         self._forward_fn, self._backward_fn = impl.rnn_forward, impl.rnn_backward
 
     def _layer_forward(self, x, state0, p, lengths):
-        (h0,) = state0
-        y, h_n = self._forward_fn(x, h0, p["weight_ih"], p["weight_hh"], p["bias_ih"],
-                                  p["bias_hh"], lengths, self.nonlinearity)
+        y, h_n = self._forward_fn(x, state0[0], *p, lengths, self.nonlinearity)
         return y, (h_n,), ()
 
     def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
-        (h0,), (dh_n,) = state0, dstate_n
-        dx, dh0, dw_ih, dw_hh, db_ih, db_hh, *norms = self._backward_fn(
-            x, h0, y, p["weight_ih"], p["weight_hh"], p["bias_ih"], p["bias_hh"], lengths,
-            self.nonlinearity, dy, dh_n, **step)
-        return dx, (dh0,), {"weight_ih": dw_ih, "weight_hh": dw_hh, "bias_ih": db_ih,
-                            "bias_hh": db_hh}, *norms
+        dx, dh0, *grads = self._backward_fn(
+            x, state0[0], y, *p, lengths, self.nonlinearity, dy, dstate_n[0],
+            step["clip_per_step"], step["grad_norms"])
+        return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for
 
     def _config_extra(self):
         return {"nonlinearity": self.nonlinearity}
