@@ -483,4 +483,8 @@ PYBIND11_MODULE(_core, m) {
   });
   m.def("_set_cache_poison", [](bool on) { BlockCache::instance().set_poison(on); },
         py::arg("on"), "Tests only: fill every new output and workspace with NaN.");
+  m.def("_set_cache_fail_after", [](long count) { BlockCache::instance().set_fail_after(count); },
+        py::arg("count"),
+        "Tests only: the allocation after `count` more of the block cache and the workspaces "
+        "fails with MemoryError; negative turns it off.");
 }

@@ -41,6 +41,7 @@ class BlockCache {
 
   // A block of at least `bytes` bytes, 64-byte aligned. Throws std::bad_alloc.
   void* take(std::size_t bytes) {
+    fail_if_asked();
     const std::size_t size = rounded(bytes);
     void* p = nullptr;
     {
@@ -106,6 +107,14 @@ class BlockCache {
   }
 
   void set_poison(bool on) { poison_.store(on); }
+
+  // Test hook: after `count` more allocations, the next one throws std::bad_alloc, as if the
+  // memory had run out (then the countdown stops). Negative: never.
+  void set_fail_after(long count) { fail_after_.store(count); }
+  void fail_if_asked() {
+    if (fail_after_.load(std::memory_order_relaxed) < 0) return;
+    if (fail_after_.fetch_sub(1) == 0) throw std::bad_alloc();
+  }
   bool poison() const { return poison_.load(std::memory_order_relaxed); }
 
   // 0xFF bytes are a NaN in both float32 and float64.
@@ -133,6 +142,7 @@ class BlockCache {
   std::size_t limit_ = std::size_t(1) << 30;  // 1 GiB; see rnnfast.set_cache_limit
   std::size_t hits_ = 0, misses_ = 0;
   std::atomic<bool> poison_{false};
+  std::atomic<long> fail_after_{-1};
 };
 
 // A workspace that lives for one call, 64-byte aligned: from the block cache when large, else
@@ -147,6 +157,7 @@ class Buffer {
       data_ = static_cast<T*>(BlockCache::instance().take(bytes_));
       return;
     }
+    BlockCache::instance().fail_if_asked();
     const std::size_t size = (bytes_ / BlockCache::kAlign + 1) * BlockCache::kAlign;
     data_ = static_cast<T*>(std::aligned_alloc(BlockCache::kAlign, size));
     if (data_ == nullptr) throw std::bad_alloc();

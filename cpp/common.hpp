@@ -9,7 +9,9 @@
 #include <Eigen/Core>
 #include <cmath>
 #include <cstdint>
+#include <exception>
 #include <functional>
+#include <mutex>
 #include <algorithm>
 #include <atomic>
 #include <thread>
@@ -89,7 +91,7 @@ struct StepOptions {
 // the rest of the batch. For every valid row: write its L2 norm to norms[b, t], then rescale
 // it to norm opt.clip if it is larger. Rows past their sequence's length are left alone (their
 // dh_total is not used) and get norm 0.
-// Σ v_j², element after element: a fixed order, for the reason given at sum_rows.
+// Σ v_j², element after element: a fixed order, for the reason given at add_rows.
 template <typename V>
 typename V::Scalar sum_of_squares(const V& v) {
   typename V::Scalar s(0);
@@ -137,25 +139,38 @@ inline int split_count(const Dims& d, Index G) {
 
 // fn(begin, end) for `chunks` contiguous chunks of [0, n): chunk k is [n·k/chunks,
 // n·(k+1)/chunks). Chunk 0 runs on the calling thread; if a thread cannot be started its chunk
-// runs on the calling thread too (same result). fn must not throw.
+// runs on the calling thread too (same result). If fn throws (a workspace that cannot be
+// allocated), every chunk still finishes or fails, and then the first exception is rethrown
+// here: an exception escaping a std::thread would end the process.
 template <typename F>
 void parallel_chunks(Index n, int chunks, F&& fn) {
   if (chunks <= 1 || n < 2) {
     fn(Index(0), n);
     return;
   }
+  std::exception_ptr error;
+  std::mutex error_mutex;
+  auto run = [&](Index b, Index e) {
+    try {
+      fn(b, e);
+    } catch (...) {
+      std::lock_guard<std::mutex> lock(error_mutex);
+      if (!error) error = std::current_exception();
+    }
+  };
   std::vector<std::thread> pool;
   pool.reserve(chunks - 1);
   for (int k = 1; k < chunks; ++k) {
     const Index b = n * k / chunks, e = n * (k + 1) / chunks;
     try {
-      pool.emplace_back([&fn, b, e] { fn(b, e); });
+      pool.emplace_back(run, b, e);
     } catch (...) {
-      fn(b, e);
+      run(b, e);
     }
   }
-  fn(Index(0), n / chunks);
+  run(Index(0), n / chunks);
   for (auto& t : pool) t.join();
+  if (error) std::rethrow_exception(error);
 }
 
 // The recurrent product of one timestep: dst (+)= lhs · W_hh^T in forward (lhs = h_{t-1}) and

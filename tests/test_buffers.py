@@ -103,3 +103,43 @@ def test_the_suite_runs_with_poisoned_buffers():
 def test_bad_limits_are_refused(bad):
     with pytest.raises(ValueError, match="nbytes must be an int >= 0"):
         rnnfast.set_cache_limit(bad)
+
+
+@pytest.fixture
+def threads():
+    before = rnnfast.get_num_threads()
+    yield rnnfast.set_num_threads
+    rnnfast.set_num_threads(before)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2])
+@pytest.mark.parametrize("cell", ["rnn_tanh", "lstm", "gru"])
+def test_running_out_of_memory_anywhere_is_a_memory_error(cell, n_threads, threads):
+    # Every allocation of a step in turn fails (the outputs too: the suite poisons, so they
+    # all come from the block cache), including those made inside the threads of a split
+    # call: each must surface as MemoryError, leave the parameters alone, and the next step
+    # must be right.
+    from support import make, run_step
+    threads(n_threads)
+    B, T, D, H = 67, 70, 8, 40  # big enough to split (tests/test_threads.py)
+    model = make(cell, D, H, dtype=np.float64, seed=0)
+    rng = np.random.default_rng(0)
+    x, dy = rng.standard_normal((B, T, D)), rng.standard_normal((B, T, H))
+    want = run_step(model, x, None, None, dy, None)
+    params = {k: v.copy() for k, v in model.params.items()}
+    failures = 0
+    for k in range(200):
+        _core._set_cache_fail_after(k)
+        try:
+            got = run_step(model, x, None, None, dy, None)
+        except MemoryError:
+            failures += 1
+            continue
+        finally:
+            _core._set_cache_fail_after(-1)
+        break  # the step made fewer than k allocations: every one has failed once
+    assert failures > 5
+    for name in want:
+        np.testing.assert_array_equal(got[name], want[name])
+    for name, p in model.params.items():
+        np.testing.assert_array_equal(p, params[name])

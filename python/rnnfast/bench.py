@@ -19,7 +19,9 @@ How it measures (the choices, so that the numbers can be trusted):
   time is excluded), then the implementations are called in turn, round robin, so that drift
   of the machine hits all alike. The median over repeats is reported, with the spread as
   IQR / median. An implementation whose warm-up step takes long (the NumPy reference at big
-  configs) gets fewer repeats, never fewer than ``MIN_REPEATS``: its row says how many.
+  configs) gets fewer repeats, never fewer than ``MIN_REPEATS``: its row says how many. A
+  step shorter than ``MIN_TIMED`` (20 ms) is timed as the mean of a loop of consecutive steps
+  that fills it, and the garbage collector is off while timing (see ``_measure``).
 - **FLOPs.** A step counts 3 × 2·B·T·(D+H)·G·H: the forward products, and twice as many in
   backward (input and weight gradients); elementwise work is not counted.
 - **Ceiling.** float32 ``numpy.matmul`` of two 1024×1024 matrices, same threads, same run,
@@ -43,6 +45,7 @@ Speed claims come only from this harness, as ratios within one run. It is never 
 """
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -66,6 +69,7 @@ GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 IMPLS = ("rnnfast", "numpy", "torch", "jax")
 MIN_REPEATS = 3
 SLOW_BUDGET = 4.0  # seconds of timed steps granted to a slow implementation per row
+MIN_TIMED = 0.02  # seconds: shorter steps are timed in loops that fill this (see _measure)
 
 
 def step_flops(cell, B, T, D, H):
@@ -342,22 +346,37 @@ def worker(spec):
 
 
 def _measure(cfg, cell, dims, steps, repeats, threads):
-    """Warm up, then time round robin; one row per implementation."""
-    target = {}
+    """Warm up, then time round robin; one row per implementation.
+
+    A repeat is one step, or for a step shorter than ``MIN_TIMED`` seconds the mean of as
+    many consecutive steps as fill it: a single sub-millisecond step, timed alone right after
+    another implementation's, measured mostly that one's wake of cold caches and the garbage
+    collector's passes (an online RNN step read 0.50 ms that way against ~0.12 ms in a loop).
+    The garbage collector is off while timing, for every implementation alike.
+    """
+    target, inner = {}, {}
     for name, step in steps.items():
         step()
         t0 = time.perf_counter()
         step()
         warm = time.perf_counter() - t0
         target[name] = max(MIN_REPEATS, min(repeats, int(SLOW_BUDGET / max(warm, 1e-9))))
+        inner[name] = max(1, int(MIN_TIMED / max(warm, 1e-9)))
     times = {name: [] for name in steps}
-    while any(len(times[n]) < target[n] for n in steps):
-        for name, step in steps.items():
-            if len(times[name]) < target[name]:
-                t0 = time.perf_counter()
-                out = step()
-                times[name].append(time.perf_counter() - t0)
-                del out
+    gc.collect()
+    gc.disable()
+    try:
+        while any(len(times[n]) < target[n] for n in steps):
+            for name, step in steps.items():
+                if len(times[name]) < target[name]:
+                    t0 = time.perf_counter()
+                    for _ in range(inner[name]):
+                        out = step()
+                    times[name].append((time.perf_counter() - t0) / inner[name])
+                    del out
+            gc.collect()  # between rounds, outside the timed loops
+    finally:
+        gc.enable()
     B, T, D, H = dims
     flops = step_flops(cell, B, T, D, H)
     impls = {}
@@ -367,7 +386,7 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
         q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
         impls[name] = {
             "median_s": med, "iqr_over_median": (q[2] - q[0]) / med, "repeats": len(ts),
-            "min_s": ts[0], "throughput": B * T / med, "gflops": flops / med / 1e9,
+            "min_s": ts[0], "steps_per_repeat": inner[name], "throughput": B * T / med, "gflops": flops / med / 1e9,
             "ceiling_fraction": None,  # set by worker once the ceiling is final
             "peak_mib": None,  # from memory_worker
         }
