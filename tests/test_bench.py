@@ -44,6 +44,13 @@ def test_quick_run_has_every_field(tmp_path):
             assert r["repeats"] >= bench.MIN_REPEATS and r["median_s"] > 0
     if png is not None:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # bench/summary.py reads the same file into the targets' table
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "summary.py"), str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    table = [line for line in proc.stdout.splitlines() if line.startswith("| quick |")]
+    assert [line.split(" | ")[1] for line in table] == cells
+    assert all("(torch)" not in line and "(jax)" not in line for line in table)  # no peers run
 
 
 def test_flops_formula():
