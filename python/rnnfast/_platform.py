@@ -106,7 +106,10 @@ def get_num_threads():
 
 
 def set_cache_limit(nbytes):
-    """Keep at most ``nbytes`` of freed large arrays for reuse (default 1 GiB); frees the rest.
+    """Keep at most ``nbytes`` of freed large arrays for reuse (default 1 GiB).
+
+    Frees every block the cache holds now; the limit applies from then on. The cache is one
+    per process and safe to use from several threads.
 
     The compiled path takes every array of 256 KiB or more (outputs, the forward cache,
     backward's workspaces) from a cache of blocks that earlier arrays of the same size gave
