@@ -65,11 +65,14 @@ def random_lengths(rng, B, T, mode):
     return lengths
 
 
-def run_step(model, x, state, lengths, dy, dstate):
-    """forward + backward; everything they return, as one dict of arrays."""
+def run_step(model, x, state, lengths, dy, dstate, **backward_options):
+    """forward + backward; everything they return, as one dict of arrays (with "norms" when
+    backward_options asks for return_grad_norms)."""
     y, state_n, cache = model.forward(x, state, lengths)
-    dx, dstate0, grads = model.backward(cache, dy, dstate)
+    dx, dstate0, grads, *norms = model.backward(cache, dy, dstate, **backward_options)
     out = {"y": y, "dx": dx}
+    if norms:
+        out["norms"] = norms[0]
     for i, p in enumerate(as_parts(state_n)):
         out[f"state_n[{i}]"] = p
     for i, p in enumerate(as_parts(dstate0)):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import rnnfast
-from support import as_parts, make, random_lengths, rel_err, state_like
+from support import make, random_lengths, rel_err, run_step, state_like
 
 # Above split_count's threshold (B*T*G*H*(D+H) >= 2^22 MACs, G = 1, 3, 4 for RNN, GRU,
 # LSTM), B not a multiple of 2 or 3, and each thread's chunk long enough in T for several of
@@ -24,16 +24,8 @@ def threads():
 
 
 def _step(model, x, state, lengths, dy, dstate, clip):
-    y, state_n, cache = model.forward(x, state, lengths)
-    dx, dstate0, grads, norms = model.backward(cache, dy, dstate, clip_per_step=clip,
-                                               return_grad_norms=True)
-    out = {"y": y, "dx": dx, "norms": norms}
-    for i, p in enumerate(as_parts(state_n)):
-        out[f"state_n[{i}]"] = p
-    for i, p in enumerate(as_parts(dstate0)):
-        out[f"dstate0[{i}]"] = p
-    out.update({f"d{k}": v for k, v in grads.items()})
-    return out
+    return run_step(model, x, state, lengths, dy, dstate, clip_per_step=clip,
+                    return_grad_norms=True)
 
 
 def _data(model, lengths_mode, seed=0):
