@@ -104,3 +104,38 @@ def test_cpu_check_raises_import_error_on_an_older_cpu(monkeypatch):
     with pytest.raises(ImportError, match="RNNFAST_ARCH=none") as e:
         _platform.check_cpu()
     assert "AVX2" in str(e.value) or "SSE3" in str(e.value)
+
+
+def _libc():
+    import ctypes
+    import ctypes.util
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is None or not hasattr(libc, "malloc_trim") or bench._rss_kib() is None:
+        pytest.skip("needs glibc and /proc")
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    return libc, ctypes
+
+
+def test_peak_memory_counts_heap_pages_an_earlier_step_freed(monkeypatch):
+    # A step that fills 16 MiB of heap blocks (each below any mmap threshold) and frees them,
+    # leaving them under a block of its own so that free() cannot give them back. Run twice,
+    # the second run reuses the first's resident pages: only the trim makes them count.
+    libc, ctypes = _libc()
+    n, size = 1024, 16384
+
+    def step():
+        blocks = [libc.malloc(size) for _ in range(n)]
+        for p in blocks:
+            ctypes.memset(p, 1, size)
+        pin = libc.malloc(size)
+        for p in blocks:
+            libc.free(p)
+        return pin
+
+    step()
+    assert bench._peak_step_mib(step, "numpy") >= 0.9 * n * size / 2**20
+    monkeypatch.setattr(bench, "_release_free_heap", lambda: False)
+    assert bench._peak_step_mib(step, "numpy") < 0.1 * n * size / 2**20  # the failure mode
