@@ -153,6 +153,7 @@ class Buffer {
   explicit Buffer(std::size_t n) : bytes_(n * sizeof(T)) {
     if (n > std::numeric_limits<std::size_t>::max() / sizeof(T) - BlockCache::kAlign)
       throw std::bad_alloc();
+    if (n == 0) return;  // nothing to hold: no allocation (data() is nullptr)
     if (bytes_ >= BlockCache::kMinBytes) {
       data_ = static_cast<T*>(BlockCache::instance().take(bytes_));
       return;
@@ -180,6 +181,7 @@ class Buffer {
   Buffer& operator=(const Buffer&) = delete;
 
   T* data() { return data_; }
+  std::size_t size() const { return bytes_ / sizeof(T); }
 
  private:
   void release() {
@@ -192,7 +194,7 @@ class Buffer {
   }
 
   std::size_t bytes_;
-  T* data_;
+  T* data_ = nullptr;
 };
 
 }  // namespace rnnfast
