@@ -3,6 +3,7 @@ where the Python layer around the C++ calls is a large share of a step.
 
     python bench/online_overhead.py [--steps 2000] [--rounds 7] [--config 1 100 64 64]
     python bench/online_overhead.py --against OTHER_DIR   # e.g. a copy of an older rnnfast
+    python bench/online_overhead.py --config 16 1000 32 64 --steps 20 --threads 2 --against DIR
 
 With ``--against DIR``, DIR must hold a copy of the package renamed ``rnnfast_old`` (its
 ``_core`` extension included); both are timed in the same process, round by round in turn,
@@ -59,22 +60,27 @@ def main():
     p.add_argument("--against", metavar="DIR")
     p.add_argument("--no-check-finite", action="store_true")
     p.add_argument("--python-only", action="store_true")
+    p.add_argument("--threads", type=int, help="rnnfast.set_num_threads for every package")
+    p.add_argument("--cells", nargs="+", default=["RNN", "LSTM", "GRU"])
     a = p.parse_args()
     B, T, D, H = a.config
     packages = {"new": importlib.import_module("rnnfast")}
     if a.against:
         sys.path.insert(0, a.against)
         packages["old"] = importlib.import_module("rnnfast_old")
+    if a.threads is not None:
+        for pkg in packages.values():
+            pkg.set_num_threads(a.threads)
     rng = np.random.default_rng(0)
     x = rng.standard_normal((B, T, D)).astype(np.float32)
     dy = rng.standard_normal((B, T, H)).astype(np.float32)
-    for cell in ("RNN", "LSTM", "GRU"):
+    for cell in a.cells:
         models = {k: getattr(pkg, cell)(D, H, seed=0, check_finite=not a.no_check_finite)
                   for k, pkg in packages.items()}
         for m in models.values():
             if a.python_only:
                 stub_layer_calls(m, x, dy)
-            step_time(m, x, dy, 200)  # warm-up
+            step_time(m, x, dy, max(5, min(200, a.steps)))  # warm-up
         times = {k: [] for k in models}
         for _ in range(a.rounds):
             for k, m in models.items():

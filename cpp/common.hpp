@@ -173,16 +173,16 @@ void parallel_chunks(Index n, int chunks, F&& fn) {
   if (error) std::rethrow_exception(error);
 }
 
-// dst (cols × rows) = src (rows × cols)^T, both row-major: tiles of P × P elements, P the
-// SIMD width, each loaded as P packets, transposed in registers by Eigen's ptranspose and
-// stored as P packets. Eigen's own transposing assignment goes element by element, with
-// every store cols apart: 20 µs for a 256 × 64 float matrix here, against 4 µs this way,
-// while batch 1's forward gains only ~16 µs from the copy over 100 steps.
+// dst (cols × rows) = src (rows × cols)^T, or dst += src^T with Add, both row-major: tiles of
+// P × P elements, P the SIMD width, each loaded as P packets, transposed in registers by
+// Eigen's ptranspose and stored as P packets. Eigen's own transposing assignment goes element
+// by element, with every store cols apart: 20 µs for a 256 × 64 float matrix here, against
+// 4 µs this way, while batch 1's forward gains only ~16 µs from the copy over 100 steps.
 #if defined(__GNUC__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wignored-attributes"  // a packet type as template argument
 #endif
-template <typename T>
+template <bool Add = false, typename T>
 void transpose_into(T* dst, const T* src, Index rows, Index cols) {
   namespace ei = Eigen::internal;
   using Packet = typename ei::packet_traits<T>::type;
@@ -194,13 +194,18 @@ void transpose_into(T* dst, const T* src, Index rows, Index cols) {
       ei::PacketBlock<Packet, P> tile;
       for (int i = 0; i < P; ++i) tile.packet[i] = ei::ploadu<Packet>(src + (r + i) * cols + c);
       ei::ptranspose(tile);
-      for (int i = 0; i < P; ++i) ei::pstoreu(dst + (c + i) * rows + r, tile.packet[i]);
+      for (int i = 0; i < P; ++i) {
+        T* out = dst + (c + i) * rows + r;
+        ei::pstoreu(out, Add ? ei::padd(ei::ploadu<Packet>(out), tile.packet[i]) : tile.packet[i]);
+      }
     }
     for (; c < cols; ++c)
-      for (Index i = 0; i < P; ++i) dst[c * rows + r + i] = src[(r + i) * cols + c];
+      for (Index i = 0; i < P; ++i)
+        dst[c * rows + r + i] = (Add ? dst[c * rows + r + i] : T(0)) + src[(r + i) * cols + c];
   }
   for (; r < rows; ++r)
-    for (Index c = 0; c < cols; ++c) dst[c * rows + r] = src[r * cols + c];
+    for (Index c = 0; c < cols; ++c)
+      dst[c * rows + r] = (Add ? dst[c * rows + r] : T(0)) + src[r * cols + c];
 }
 #if defined(__GNUC__)
 #pragma GCC diagnostic pop
@@ -344,15 +349,29 @@ void sigmoid_in_place(Block&& a) {
   a = (T(0.5) * (T(0.5) * a.array()).tanh() + T(0.5)).matrix();
 }
 
-// a = x W_ih^T + b_ih + b_hh for every (b, t) at once: one product before the loop.
-// a: (B*T, G*H), x: (B*T, D).
+// a = x W_ih^T + bias for every (b, t) at once: one product before the loop, added onto rows
+// that start as the bias. (Eigen's `a = x W^T` zeroes the whole (B·T, G·H) a first, a pass
+// of its own: memset, 2.4 % of the long LSTM step in perf; a bias added after is another.)
+// a: (B*T, G*H), x: (B*T, D), bias: (G*H,) or nullptr for none.
+template <typename T>
+void project_input_onto(MatrixMap<T> a, ConstMatrixMap<T> x, ConstMatrixMap<T> w_ih,
+                        const Eigen::Matrix<T, 1, Eigen::Dynamic>* bias) {
+  if (bias == nullptr) {
+    a.noalias() = x * w_ih.transpose();
+    return;
+  }
+  a.rowwise() = *bias;
+  a.noalias() += x * w_ih.transpose();
+}
+
+// a = x W_ih^T + b_ih + b_hh (RNN and LSTM: both biases enter a as one).
 template <typename T>
 void input_projection(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>& w) {
-  a.noalias() = x * w.w_ih.transpose();
-  if (w.b_ih != nullptr) {
-    const Index GH = a.cols();
-    a.rowwise() += ConstRowVectorMap<T>(w.b_ih, GH) + ConstRowVectorMap<T>(w.b_hh, GH);
-  }
+  if (w.b_ih == nullptr) return project_input_onto<T>(a, x, w.w_ih, nullptr);
+  const Index GH = a.cols();
+  const Eigen::Matrix<T, 1, Eigen::Dynamic> bias =
+      ConstRowVectorMap<T>(w.b_ih, GH) + ConstRowVectorMap<T>(w.b_hh, GH);
+  project_input_onto<T>(a, x, w.w_ih, &bias);
 }
 
 // m's rows added to out one after another. Eigen's colwise().sum() picks its order by where
@@ -372,7 +391,8 @@ void add_rows(T* out, const M& m) {
 // each step to da(t), and when t leaves a window the window's products are done. So the
 // (B, T, G·H) da is never held whole (memory: the window, not T), and with B·W ≥ 1024 rows a
 // window's products run as fast as one product over all B·T rows. The window's x and h_{t-1}
-// are copied into one buffer in da's row order, a few percent of the products' traffic.
+// are copied side by side into one buffer in da's row order, a few percent of the products'
+// traffic.
 // Rows past a sequence's length must have da = 0: they then add nothing.
 template <typename T>
 class WindowGrads {
@@ -386,7 +406,9 @@ class WindowGrads {
       : d_(d), GH_(GH), W_(window_steps(d)), x_(x), y_(y), h0_(h0), dx_(dx), w_(w), g_(g),
         to_recurrent_(std::move(to_recurrent)),
         da_(static_cast<std::size_t>(d.B * W_ * GH)),
-        rows_(static_cast<std::size_t>(d.B * W_ * std::max(d.D, d.H))),
+        xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
+        dx_w_(static_cast<std::size_t>(d.B * W_ * d.D)),
+        dw_(static_cast<std::size_t>(GH * (d.D + d.H))),
         t0_(d.T), t1_(d.T) {
     g_.dw_ih.setZero();
     g_.dw_hh.setZero();
@@ -424,22 +446,10 @@ class WindowGrads {
     if (steps == 0) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
     MatrixMap<T> da_w(da_.data(), rows, GH_);  // row b·steps + (t − t0) is (b, t)
-    MatrixMap<T> x_w(rows_.data(), rows, D);
-    for (Index b = 0; b < B; ++b)
-      x_w.middleRows(b * steps, steps) = ConstMatrixMap<T>(x_ + (b * T_ + t0_) * D, steps, D);
-    g_.dw_ih.noalias() += da_w.transpose() * x_w;
-    if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
-    MatrixMap<T> dx_w(rows_.data(), rows, D);  // x_w is done with: its buffer takes dx
-    dx_w.noalias() = da_w * w_.w_ih;
-    for (Index b = 0; b < B; ++b)
-      MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
-    if (to_recurrent_) {
-      to_recurrent_(da_w, t0_, steps);
-      if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
-    }
-    MatrixMap<T> h_w(rows_.data(), rows, H);  // h_{t-1}: y at t-1, h0 at t = 0
+    MatrixMap<T> xh(xh_.data(), rows, D + H);  // [x_t  h_{t-1}], h_{t-1} = y at t-1, h0 at 0
     for (Index b = 0; b < B; ++b) {
-      auto h_b = h_w.middleRows(b * steps, steps);
+      xh.block(b * steps, 0, steps, D) = ConstMatrixMap<T>(x_ + (b * T_ + t0_) * D, steps, D);
+      auto h_b = xh.block(b * steps, D, steps, H);
       if (t0_ == 0) {
         h_b.row(0) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
         h_b.bottomRows(steps - 1) = ConstMatrixMap<T>(y_ + b * T_ * H, steps - 1, H);
@@ -447,7 +457,27 @@ class WindowGrads {
         h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0_ - 1) * H, steps, H);
       }
     }
-    g_.dw_hh.noalias() += da_w.transpose() * h_w;
+    MatrixMap<T> dx_w(dx_w_.data(), rows, D);
+    dx_w.noalias() = da_w * w_.w_ih;
+    for (Index b = 0; b < B; ++b)
+      MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
+    if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
+    // [dW_ih dW_hh] += da^T [x h]: one product, so Eigen packs da once, and into a
+    // column-major result, so da is its left operand, whose packing reads da's rows whole;
+    // as the right operand of a row-major result it was packed 4 columns at a time, twice
+    // (7 % of the long LSTM step in perf).
+    Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> dw(dw_.data(), GH_, D + H);
+    if (!to_recurrent_) {
+      dw.noalias() = da_w.transpose() * xh;
+    } else {
+      dw.leftCols(D).noalias() = da_w.transpose() * xh.leftCols(D);
+      to_recurrent_(da_w, t0_, steps);
+      if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
+      dw.rightCols(H).noalias() = da_w.transpose() * xh.rightCols(H);
+    }
+    // Eigen adds a column-major block to a row-major matrix one scalar at a time.
+    transpose_into<true>(g_.dw_ih.data(), dw_.data(), D, GH_);
+    transpose_into<true>(g_.dw_hh.data(), dw_.data() + D * GH_, H, GH_);
   }
 
   Dims d_;
@@ -458,7 +488,9 @@ class WindowGrads {
   LayerGrads<T>& g_;
   ToRecurrent to_recurrent_;
   Buffer<T> da_;    // (B, W, G·H): da of the window's steps
-  Buffer<T> rows_;  // (B·W, max(D, H)): x, then dx, then h_{t-1} of the window's steps
+  Buffer<T> xh_;    // (B·W, D + H): x_t and h_{t-1} of the window's steps, in da's row order
+  Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order
+  Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh]
   Index t0_, t1_;   // the window is steps [t0, t1)
 };
 

@@ -24,11 +24,10 @@ namespace rnnfast::gru {
 // a: (B*T, 3H), x: (B*T, D).
 template <typename T>
 void project_input(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>& w, Index H) {
-  a.noalias() = x * w.w_ih.transpose();
-  if (w.b_ih != nullptr) {
-    a.rowwise() += ConstRowVectorMap<T>(w.b_ih, 3 * H);
-    a.leftCols(2 * H).rowwise() += ConstRowVectorMap<T>(w.b_hh, 2 * H);
-  }
+  if (w.b_ih == nullptr) return project_input_onto<T>(a, x, w.w_ih, nullptr);
+  Eigen::Matrix<T, 1, Eigen::Dynamic> bias = ConstRowVectorMap<T>(w.b_ih, 3 * H);
+  bias.leftCols(2 * H) += ConstRowVectorMap<T>(w.b_hh, 2 * H);
+  project_input_onto<T>(a, x, w.w_ih, &bias);
 }
 
 template <typename T>
