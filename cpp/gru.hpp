@@ -20,14 +20,13 @@
 
 namespace rnnfast::gru {
 
-// a = x W_ih^T + b_ih, plus b_hh for r and z only: b_hn sits inside r ⊙ (W_hn h + b_hn).
-// a: (B*T, 3H), x: (B*T, D).
+// The input side's bias: b_ih, plus b_hh for r and z only: b_hn sits inside r ⊙ (W_hn h + b_hn).
 template <typename T>
-void project_input(MatrixMap<T> a, ConstMatrixMap<T> x, const LayerWeights<T>& w, Index H) {
-  if (w.b_ih == nullptr) return project_input_onto<T>(a, x, w.w_ih, nullptr);
+Eigen::Matrix<T, 1, Eigen::Dynamic> input_bias(const LayerWeights<T>& w, Index H) {
+  if (w.b_ih == nullptr) return {};
   Eigen::Matrix<T, 1, Eigen::Dynamic> bias = ConstRowVectorMap<T>(w.b_ih, 3 * H);
   bias.leftCols(2 * H) += ConstRowVectorMap<T>(w.b_hh, 2 * H);
-  project_input_onto<T>(a, x, w.w_ih, &bias);
+  return bias;
 }
 
 template <typename T>
@@ -49,14 +48,15 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
                   const LayerWeights<T>& w, const std::int64_t* lengths,
                   const ForwardWorkspace<T>& ws, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
-  // gates starts as the input side of the pre-activations, for all steps at once; the loop
+  // gates starts as the input side of the pre-activations (InputSide); the loop
   // adds the recurrent side and activates in place.
-  project_input<T>(MatrixMap<T>(gates, B * T_, 3 * H), ConstMatrixMap<T>(x, B * T_, d.D), w, H);
+  InputSide<T> input(gates, x, w.w_ih, input_bias(w, H), d);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   MatrixMap<T> ah(ws.ah, B, 3 * H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
+    input.reach(t);
     auto a = at_step(gates, B, T_, 3 * H, t);  // (B, 3H)
     auto a_hn_t = at_step(a_hn, B, T_, H, t);
     auto h_t = at_step(y, B, T_, H, t);

@@ -29,15 +29,17 @@ template <typename T>
 void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
                   const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
-  // gates starts as a_t without its recurrent term, for all steps at once; the loop adds that
-  // term and activates in place, so the pre-activations never need a buffer of their own.
-  input_projection<T>(MatrixMap<T>(gates, B * T_, 4 * H), ConstMatrixMap<T>(x, B * T_, d.D), w);
+  // gates starts as a_t without its recurrent term (InputSide: all steps at once, or a chunk
+  // ahead of the loop); the loop adds that term and activates in place, so the
+  // pre-activations never need a buffer of their own.
+  InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d);
   MatrixMap<T> h(h_n, B, H);       // the running states; after the loop they are h_n and c_n
   MatrixMap<T> c_run(c_n, B, H);
   h = ConstMatrixMap<T>(h0, B, H);
   c_run = ConstMatrixMap<T>(c0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
+    input.reach(t);
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
     recurrent.add(a, h);    // all four gates in one product
     sigmoid_in_place(a.leftCols(2 * H));        // i, f

@@ -32,12 +32,13 @@ template <typename T>
 void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
                   const std::int64_t* lengths, Activation f, const Dims& d) {
   const Index B = d.B, T_ = d.T, H = d.H;
-  // y starts as a_t without its recurrent term, for all steps at once; the loop adds it in place.
-  input_projection<T>(MatrixMap<T>(y, B * T_, H), ConstMatrixMap<T>(x, B * T_, d.D), w);
+  // y starts as a_t without its recurrent term (InputSide); the loop adds it in place.
+  InputSide<T> input(y, x, w.w_ih, summed_bias(w), d);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
   for (Index t = 0; t < T_; ++t) {
+    input.reach(t);
     auto a = at_step(y, B, T_, H, t);
     recurrent.add(a, h);
     if (f == Activation::Tanh)

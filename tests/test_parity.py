@@ -28,6 +28,9 @@ CONFIGS = [
     # several of backward's windows (common.hpp WindowGrads: ceil(1024 / B) steps each)
     (100, 25, 3, 4, 1, "partial", True),
     (1100, 3, 2, 3, 2, "none", True),
+    # the input side written 16 steps ahead of the loop, 12 in the last chunk (common.hpp
+    # InputSide: steps of <= 16 KiB, arrays of > 1 MiB)
+    (2, 1100, 3, 128, 1, "partial", True),
 ]
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
