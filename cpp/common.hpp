@@ -456,7 +456,7 @@ class WindowGrads {
         da_(static_cast<std::size_t>(d.B * W_ * GH)),
         xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
         dx_w_(static_cast<std::size_t>(d.B * W_ * d.D)),
-        dw_(static_cast<std::size_t>(GH * (d.D + d.H))),
+        dw_(column_major_sums(GH, d) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0),
         t0_(d.T), t1_(d.T) {
     g_.dw_ih.setZero();
     g_.dw_hh.setZero();
@@ -510,10 +510,22 @@ class WindowGrads {
     for (Index b = 0; b < B; ++b)
       MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
     if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
-    // [dW_ih dW_hh] += da^T [x h]: one product, so Eigen packs da once, and into a
-    // column-major result, so da is its left operand, whose packing reads da's rows whole;
-    // as the right operand of a row-major result it was packed 4 columns at a time, twice
-    // (7 % of the long LSTM step in perf).
+    // [dW_ih dW_hh] += da^T [x h]. With the (G·H, D + H) result in L2 (column_major_sums):
+    // one product, so Eigen packs da once, into a column-major buffer, so da is its left
+    // operand, whose packing reads da's rows whole; as the right operand of a row-major result
+    // it is packed 4 columns at a time, twice (7 % of the long LSTM step in perf). Larger
+    // (6 MB at the large LSTM), zeroing, writing and adding the buffer is 3 passes over it per
+    // window, for a packing that is there a small part of the products: each sum is then
+    // added in place.
+    if (dw_.size() == 0) {  // not column_major_sums
+      g_.dw_ih.noalias() += da_w.transpose() * xh.leftCols(D);
+      if (to_recurrent_) {
+        to_recurrent_(da_w, t0_, steps);
+        if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
+      }
+      g_.dw_hh.noalias() += da_w.transpose() * xh.rightCols(H);
+      return;
+    }
     Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic>> dw(dw_.data(), GH_, D + H);
     if (!to_recurrent_) {
       dw.noalias() = da_w.transpose() * xh;
@@ -528,6 +540,11 @@ class WindowGrads {
     transpose_into<true>(g_.dw_hh.data(), dw_.data() + D * GH_, H, GH_);
   }
 
+  // Whether the window's weight gradients go through the column-major buffer dw_ (flush).
+  static bool column_major_sums(Index GH, const Dims& d) {
+    return GH * (d.D + d.H) * Index(sizeof(T)) <= (Index(256) << 10);
+  }
+
   Dims d_;
   Index GH_, W_;
   const T *x_, *y_, *h0_;
@@ -538,7 +555,7 @@ class WindowGrads {
   Buffer<T> da_;    // (B, W, G·H): da of the window's steps
   Buffer<T> xh_;    // (B·W, D + H): x_t and h_{t-1} of the window's steps, in da's row order
   Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order
-  Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh]
+  Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh], when used
   Index t0_, t1_;   // the window is steps [t0, t1)
 };
 
