@@ -7,8 +7,11 @@ where the Python layer around the C++ calls is a large share of a step.
 
 With ``--against DIR``, DIR must hold a copy of the package renamed ``rnnfast_old`` (its
 ``_core`` extension included); both are timed in the same process, round by round in turn,
-so that drift of a noisy machine hits both alike. Prints the median per-step time over the
-rounds, each round being the mean of ``--steps`` steps.
+so that drift of a noisy machine hits both alike (the order alternates between rounds).
+Prints the median per-step time over the rounds, each round being the mean of ``--steps``
+steps, their ratio, the median and IQR of the rounds' own ratios, and the ratio of the fastest
+rounds. Any config works (``--config``, ``--threads``, ``--cells``), not only online.
+To make DIR: copy an installed ``rnnfast`` package directory to ``DIR/rnnfast_old``.
 
 With ``--python-only`` the models' compiled layer calls are replaced by stubs that return a
 result computed beforehand, so that what is timed is the Python layer alone (the finiteness
@@ -82,12 +85,18 @@ def main():
                 stub_layer_calls(m, x, dy)
             step_time(m, x, dy, max(5, min(200, a.steps)))  # warm-up
         times = {k: [] for k in models}
-        for _ in range(a.rounds):
-            for k, m in models.items():
-                times[k].append(step_time(m, x, dy, a.steps))
+        for r in range(a.rounds):
+            # Each round times both, in alternating order, so a round's ratio compares two
+            # neighbouring moments of the machine.
+            for k in (list(models) if r % 2 == 0 else list(models)[::-1]):
+                times[k].append(step_time(models[k], x, dy, a.steps))
         line = ", ".join(f"{k} {np.median(t) * 1e6:7.1f} us" for k, t in times.items())
         if a.against:
-            line += f", new/old {np.median(times['new']) / np.median(times['old']):.3f}"
+            ratios = np.array(times["new"]) / np.array(times["old"])
+            q1, q3 = np.percentile(ratios, [25, 75])
+            line += (f", new/old {np.median(times['new']) / np.median(times['old']):.3f}"
+                     f" (per round: median {np.median(ratios):.3f}, IQR {q1:.3f}-{q3:.3f};"
+                     f" fastest/fastest {min(times['new']) / min(times['old']):.3f})")
         print(f"{cell:5s} (B, T, D, H) = {tuple(a.config)}: {line}", flush=True)
 
 

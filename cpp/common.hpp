@@ -455,8 +455,8 @@ class WindowGrads {
         to_recurrent_(std::move(to_recurrent)),
         da_(static_cast<std::size_t>(d.B * W_ * GH)),
         xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
-        dx_w_(static_cast<std::size_t>(d.B * W_ * d.D)),
-        dw_(column_major_sums(GH, d) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0),
+        dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
+        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0),
         t0_(d.T), t1_(d.T) {
     g_.dw_ih.setZero();
     g_.dw_hh.setZero();
@@ -505,12 +505,17 @@ class WindowGrads {
         h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0_ - 1) * H, steps, H);
       }
     }
-    MatrixMap<T> dx_w(dx_w_.data(), rows, D);
-    dx_w.noalias() = da_w * w_.w_ih;
-    for (Index b = 0; b < B; ++b)
-      MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
+    if (B == 1) {  // one sequence: the window's rows of dx are contiguous, written in place
+      MatrixMap<T>(dx_ + t0_ * D, rows, D).noalias() = da_w * w_.w_ih;
+    } else {
+      MatrixMap<T> dx_w(dx_w_.data(), rows, D);
+      dx_w.noalias() = da_w * w_.w_ih;
+      for (Index b = 0; b < B; ++b)
+        MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
+    }
     if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
-    // [dW_ih dW_hh] += da^T [x h]. With the (G·H, D + H) result in L2 (column_major_sums):
+    // [dW_ih dW_hh] += da^T [x h]. With full windows and the (G·H, D + H) result in L2
+    // (column_major_sums):
     // one product, so Eigen packs da once, into a column-major buffer, so da is its left
     // operand, whose packing reads da's rows whole; as the right operand of a row-major result
     // it is packed 4 columns at a time, twice (7 % of the long LSTM step in perf). Larger
@@ -540,9 +545,11 @@ class WindowGrads {
     transpose_into<true>(g_.dw_hh.data(), dw_.data() + D * GH_, H, GH_);
   }
 
-  // Whether the window's weight gradients go through the column-major buffer dw_ (flush).
-  static bool column_major_sums(Index GH, const Dims& d) {
-    return GH * (d.D + d.H) * Index(sizeof(T)) <= (Index(256) << 10);
+  // Whether the window's weight gradients go through the column-major buffer dw_ (flush):
+  // when it fits in L2 and windows are full (≥ 1024 rows; with fewer, as at online, packing
+  // da twice is cheap, and the buffer would be a third of the step's memory).
+  static bool column_major_sums(Index GH, const Dims& d, Index W) {
+    return d.B * W >= 1024 && GH * (d.D + d.H) * Index(sizeof(T)) <= (Index(256) << 10);
   }
 
   Dims d_;
@@ -554,7 +561,7 @@ class WindowGrads {
   ToRecurrent to_recurrent_;
   Buffer<T> da_;    // (B, W, G·H): da of the window's steps
   Buffer<T> xh_;    // (B·W, D + H): x_t and h_{t-1} of the window's steps, in da's row order
-  Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order
+  Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order; B > 1 only
   Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh], when used
   Index t0_, t1_;   // the window is steps [t0, t1)
 };

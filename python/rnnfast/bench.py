@@ -38,8 +38,9 @@ How it measures (the choices, so that the numbers can be trusted):
   that large blocks go back to the system when freed, and the heap's free pages are given
   back (glibc's ``malloc_trim``) before each measured step, so that an earlier step's freed
   pages cannot hide this step's needs (without the trim PyTorch's step read 0.0 MiB at "long"
-  RNN, and 6.9 instead of 22.1 MiB at "small" GRU). With PyTorch or JAX in the same process that no longer held (another
-  implementation's peak read up to 2.5x lower), hence the separate processes. Where /proc is
+  RNN, and 6.9 instead of 22.1 MiB at "small" GRU). With PyTorch or JAX in the same process
+  that no longer held (another implementation's peak read up to 2.5x lower), hence the
+  separate processes. Where /proc is
   missing the column is empty. rnnfast's array cache (``rnnfast.set_cache_limit``) is emptied
   before each measured step, so the step allocates all it needs afresh, as the others do.
 
