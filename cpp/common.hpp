@@ -358,7 +358,7 @@ void sigmoid_in_place(Block&& a) {
 // long sequences), they are written kChunk steps at a time, just before the time loop reaches
 // them (reach(t)), with W_ih packed once per call: the loop then finds them in L2. Written
 // all at once, the 16 MB array of (16, 1000, 32, 64) went out to memory and came back
-// (LSTM and GRU steps 5-7 % slower). Otherwise one product over all B·T rows, before the loop.
+// (LSTM and GRU steps 5-8 % slower). Otherwise one product over all B·T rows, before the loop.
 template <typename T>
 class InputSide {
  public:
@@ -395,14 +395,12 @@ class InputSide {
   void write(MatrixMap<T> a, ConstMatrixMap<T> x, RecurrentProduct<T, true>* packed) {
     if (bias_.size() > 0)
       a.rowwise() = bias_;
-    else if (packed != nullptr)
+    else
       a.setZero();
     if (packed != nullptr)
       packed->add(a, x);
-    else if (bias_.size() > 0)
-      a.noalias() += x * w_ih_.transpose();
     else
-      a.noalias() = x * w_ih_.transpose();
+      a.noalias() += x * w_ih_.transpose();
   }
 
   T* a_;
@@ -515,13 +513,12 @@ class WindowGrads {
     }
     if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
     // [dW_ih dW_hh] += da^T [x h]. With full windows and the (G·H, D + H) result in L2
-    // (column_major_sums):
-    // one product, so Eigen packs da once, into a column-major buffer, so da is its left
-    // operand, whose packing reads da's rows whole; as the right operand of a row-major result
-    // it is packed 4 columns at a time, twice (7 % of the long LSTM step in perf). Larger
-    // (6 MB at the large LSTM), zeroing, writing and adding the buffer is 3 passes over it per
-    // window, for a packing that is there a small part of the products: each sum is then
-    // added in place.
+    // (column_major_sums): one product, so Eigen packs da once, into a column-major buffer,
+    // so da is its left operand, whose packing reads da's rows whole; as the right operand of
+    // a row-major result it is packed 4 columns at a time, twice (7 % of the long LSTM step
+    // in perf). Larger (6 MB at the large LSTM), zeroing, writing and adding the buffer is 3
+    // passes over it per window, for a packing that is there a small part of the products:
+    // each sum is then added in place.
     if (dw_.size() == 0) {  // not column_major_sums
       g_.dw_ih.noalias() += da_w.transpose() * xh.leftCols(D);
       if (to_recurrent_) {
