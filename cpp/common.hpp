@@ -214,6 +214,8 @@ void transpose_into(T* dst, const T* src, Index rows, Index cols) {
 
 // The recurrent product of one timestep: dst (+)= lhs · W_hh^T in forward (lhs = h_{t-1}) and
 // dst = lhs · W_hh in backward (lhs = dL/da_t), with W_hh the same at every step.
+// InputSide uses the forward form too, for x_t W_ih^T over 16 steps of one sequence: there
+// the matrix the members call w_hh is W_ih.
 //
 // A product in Eigen packs both operands into its kernel's panel layout and then runs the
 // kernel on the panels. Repacking W_hh at every step cost 12 % of a step at the large LSTM
