@@ -466,6 +466,8 @@ PYBIND11_MODULE(_core, m) {
     rnnfast::num_threads().store(std::max(1, n));
   }, py::arg("n"));
   m.def("get_num_threads", []() { return rnnfast::num_threads().load(); });
+  // Private, for the benchmark (rnnfast.bench): the helper thread (helper.hpp) stops spinning.
+  m.def("_rest_helper", []() { rnnfast::Helper::rest(); });
 
   // The block cache of large arrays (buffers.hpp).
   m.def("set_cache_limit", [](std::size_t limit) { BlockCache::instance().set_limit(limit); },

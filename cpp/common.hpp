@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <algorithm>
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "buffers.hpp"
+#include "helper.hpp"
 
 namespace rnnfast {
 
@@ -136,6 +138,17 @@ inline int split_count(const Dims& d, Index G) {
   const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.H);
   if (macs < double(1 << 22)) return 1;
   return int(std::min<Index>(n, d.B));
+}
+
+// The helper thread's share of a layer call whose batch is not split (helper.hpp): the input
+// side ahead of forward's loop and the window products behind backward's. Only with at least
+// 2 threads allowed, and with enough of that work to pay for handing it over (input side
+// ≥ 2^18 MACs, ~10 µs) in pieces of a few steps (T ≥ 32). nullptr: the call runs serially.
+inline Helper* helper_for(const Dims& d, Index G) {
+  if (num_threads().load(std::memory_order_relaxed) < 2 || split_count(d, G) != 1) return nullptr;
+  const double input_macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D);
+  if (d.T < 32 || input_macs < double(1 << 18)) return nullptr;
+  return Helper::get();
 }
 
 // fn(begin, end) for `chunks` contiguous chunks of [0, n): chunk k is [n·k/chunks,
@@ -355,28 +368,61 @@ void sigmoid_in_place(Block&& a) {
 // The input side of every step's pre-activations, a_t = x_t W_ih^T + bias, in the (B, T, G·H)
 // array a (x: (B, T, D), bias: (G·H,), or empty for none). Rows start as the bias and the
 // product is added onto them: Eigen's `a = x W^T` would zero a first, a pass of its own.
+// The time loop calls reach(t) before it reads step t.
 //
-// When a step's rows are small (≤ 16 KiB: small batches) and the whole array is not (> 1 MiB:
-// long sequences), they are written kChunk steps at a time, just before the time loop reaches
-// them (reach(t)), with W_ih packed once per call: the loop then finds them in L2. Written
-// all at once, the 16 MB array of (16, 1000, 32, 64) went out to memory and came back
-// (LSTM and GRU steps 5-8 % slower). Otherwise one product over all B·T rows, before the loop.
+// With a helper thread (helper.hpp), chunks of kChunk steps are written by it and by the loop,
+// whichever gets to the next one first, so the loop mostly finds its steps written.
+// Otherwise, when a step's rows are small (≤ 16 KiB: small batches) and the whole array is not
+// (> 1 MiB: long sequences), they are written a chunk at a time, just before the loop reaches
+// them, with W_ih packed once per call: the loop then finds them in L2. Written all at once,
+// the 16 MB array of (16, 1000, 32, 64) went out to memory and came back (LSTM and GRU steps
+// 5-8 % slower). Otherwise one product over all B·T rows, before the loop.
 template <typename T>
 class InputSide {
  public:
   using Bias = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
-  InputSide(T* a, const T* x, ConstMatrixMap<T> w_ih, Bias bias, const Dims& d)
-      : a_(a), x_(x), w_ih_(w_ih), bias_(std::move(bias)), d_(d), GH_(w_ih.rows()) {
+  InputSide(T* a, const T* x, ConstMatrixMap<T> w_ih, Bias bias, const Dims& d,
+            Helper* helper = nullptr)
+      : a_(a), x_(x), w_ih_(w_ih), bias_(std::move(bias)), d_(d), GH_(w_ih.rows()),
+        helper_(helper) {
+    if (helper_ != nullptr) {
+      chunks_ = (d.T + kChunk - 1) / kChunk;
+      written_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(chunks_));
+      for (Index k = 0; k < chunks_; ++k) written_[k].store(false, std::memory_order_relaxed);
+      task_.assign([this] {
+        while (claim_and_write() < chunks_) {
+        }
+      });
+      helper_->offer(task_);
+      return;
+    }
     const Index step_bytes = d.B * GH_ * Index(sizeof(T));
     if (d.T > kChunk && step_bytes <= kMaxStepBytes && step_bytes * d.T > kMinArrayBytes)
       chunk_product_.emplace(w_ih, kChunk);
   }
 
+  ~InputSide() {
+    if (helper_ != nullptr) helper_->settle(task_);  // it reads this object's members
+  }
+  InputSide(const InputSide&) = delete;
+  InputSide& operator=(const InputSide&) = delete;
+
   // Steps t and after are written as far as the next chunk. Call with t = 0, 1, 2, ...
   void reach(Index t) {
     if (t < done_) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D;
+    if (helper_ != nullptr) {
+      const Index k = t / kChunk;
+      while (!written_[k].load(std::memory_order_acquire)) {
+        if (claim_and_write() < chunks_) continue;
+        // The chunk is the helper's, and being written; if the helper failed, rethrow here.
+        if (task_.done()) helper_->finish(task_);
+        spin_pause();
+      }
+      done_ = std::min(T_, (k + 1) * kChunk);
+      return;
+    }
     if (!chunk_product_) {  // all steps, one product
       write(MatrixMap<T>(a_, B * T_, GH_), ConstMatrixMap<T>(x_, B * T_, D), nullptr);
       done_ = T_;
@@ -405,6 +451,19 @@ class InputSide {
       a.noalias() += x * w_ih_.transpose();
   }
 
+  // With the helper: takes the next unclaimed chunk, writes it and returns its number, or
+  // returns chunks_ or more when none is left. Run by both threads.
+  Index claim_and_write() {
+    const Index k = next_.fetch_add(1, std::memory_order_relaxed);
+    if (k >= chunks_) return k;
+    const Index t = k * kChunk, steps = std::min(kChunk, d_.T - t);
+    for (Index b = 0; b < d_.B; ++b)
+      write(MatrixMap<T>(a_ + (b * d_.T + t) * GH_, steps, GH_),
+            ConstMatrixMap<T>(x_ + (b * d_.T + t) * d_.D, steps, d_.D), nullptr);
+    written_[k].store(true, std::memory_order_release);
+    return k;
+  }
+
   T* a_;
   const T* x_;
   ConstMatrixMap<T> w_ih_;
@@ -412,6 +471,12 @@ class InputSide {
   Dims d_;
   Index GH_, done_ = 0;
   std::optional<RecurrentProduct<T, true>> chunk_product_;  // x_t W_ih^T, kChunk rows
+  // With the helper:
+  Helper* helper_;
+  Task task_;                                     // the helper's share: chunks until none left
+  Index chunks_ = 0;                              // ⌈T / kChunk⌉
+  std::atomic<Index> next_{0};                    // the first chunk nobody has claimed
+  std::unique_ptr<std::atomic<bool>[]> written_;  // per chunk: written, visible to the loop
 };
 
 // The input side's bias of the RNN and the LSTM: b_ih + b_hh, both enter a as one.
@@ -450,68 +515,140 @@ class WindowGrads {
   // x (B, T, D), y (B, T, H) and h0 (B, H) as the forward saw them; dx (B, T, D) is written;
   // g's arrays are overwritten with the sums.
   WindowGrads(const Dims& d, Index GH, const T* x, const T* y, const T* h0, T* dx,
-              const LayerWeights<T>& w, LayerGrads<T>& g, ToRecurrent to_recurrent = nullptr)
-      : d_(d), GH_(GH), W_(window_steps(d)), x_(x), y_(y), h0_(h0), dx_(dx), w_(w), g_(g),
-        to_recurrent_(std::move(to_recurrent)),
-        da_(static_cast<std::size_t>(d.B * W_ * GH)),
+              const LayerWeights<T>& w, LayerGrads<T>& g, Helper* helper,
+              ToRecurrent to_recurrent = nullptr)
+      : d_(d), GH_(GH), W_(window_steps(d, helper)), windows_((d.T + W_ - 1) / W_),
+        buffers_(helper != nullptr ? kHelperBuffers : 1), x_(x), y_(y), h0_(h0), dx_(dx),
+        w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), helper_(helper),
+        da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
         xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
-        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0),
-        t0_(d.T), t1_(d.T) {
+        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0) {
     g_.dw_ih.setZero();
     g_.dw_hh.setZero();
     if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
     if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
+    if (helper_ == nullptr) return;
+    task_.assign([this] {
+      for (;;) {
+        const Index j = claimed_.load(std::memory_order_acquire);
+        if (j >= windows_) return;
+        if (!claim_and_flush(j)) spin_pause();
+      }
+    });
+    helper_->offer(task_);
   }
+
+  ~WindowGrads() {
+    if (helper_ == nullptr) return;
+    claimed_.store(windows_, std::memory_order_release);  // after an exception: stop the helper
+    helper_->settle(task_);                               // it reads this object's members
+  }
+  WindowGrads(const WindowGrads&) = delete;
+  WindowGrads& operator=(const WindowGrads&) = delete;
 
   // Where the loop writes da of step t, (B, G·H). t goes down from T-1 to 0, one step at a time.
   StepMap<T> da(Index t) {
-    if (t < t0_) {
-      flush();
-      t1_ = t + 1;
-      t0_ = std::max<Index>(0, t1_ - W_);
+    const Index j = (d_.T - 1 - t) / W_;  // its window
+    if (j != current_) {
+      if (current_ >= 0) hand_over(current_);
+      current_ = j;
+      // With the helper, window j's da overwrites that of window j - buffers_.
+      if (helper_ != nullptr) flush_until(j - buffers_ + 1);
     }
-    return at_step(da_.data(), d_.B, t1_ - t0_, GH_, t - t0_);
+    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    return at_step(window_da(j), d_.B, t1 - t0, GH_, t - t0);
   }
 
-  // After the loop: the last window, and db_hh where b_hh enters as b_ih does.
+  // After the loop: the last windows, and db_hh where b_hh enters as b_ih does.
   void finish() {
-    flush();
-    t1_ = t0_;
+    if (current_ >= 0) hand_over(current_);
+    if (helper_ != nullptr) {
+      flush_until(windows_);
+      helper_->finish(task_);  // rethrows what the helper's flushes threw
+    }
     if (!to_recurrent_ && g_.db_hh != nullptr)
       RowVectorMap<T>(g_.db_hh, GH_) = RowVectorMap<T>(g_.db_ih, GH_);
   }
 
  private:
-  // At least 1024 rows per window (fewer slow the products), or all T steps.
-  static Index window_steps(const Dims& d) {
+  // At least 1024 rows per window (fewer slow the products), or all T steps. With the helper,
+  // kHelperWindow steps: the loop's wait for the last window's products is the part the helper
+  // cannot take, and shorter windows shorten it.
+  static Index window_steps(const Dims& d, const Helper* helper) {
+    if (helper != nullptr) return std::max<Index>(1, std::min(d.T, kHelperWindow));
     const Index want = d.B > 0 ? (1024 + d.B - 1) / d.B : d.T;
     return std::max<Index>(1, std::min(d.T, want));
   }
+  static constexpr Index kHelperWindow = 16;
+  // With the helper, the loop writes one window's da while up to two earlier ones wait for or
+  // go through their products: the loop only waits when the helper is two windows behind.
+  static constexpr Index kHelperBuffers = 3;
 
-  void flush() {
-    const Index steps = t1_ - t0_;
+  // Windows are numbered in the loop's order: window j is steps [t0, t1), t1 = T - j·W.
+  T* window_da(Index j) { return da_.data() + (j % buffers_) * d_.B * W_ * GH_; }
+
+  // Window j is complete: its products now, or with the helper, by whichever thread claims it
+  // first (claim_and_flush).
+  void hand_over(Index j) {
+    if (helper_ == nullptr) {
+      flush(j);
+      return;
+    }
+    ready_.store(j + 1, std::memory_order_release);
+  }
+
+  // With the helper: windows are flushed one at a time and in order, whoever does it, so the
+  // sums keep the same order and a result never depends on which thread ran what. Window j
+  // can be claimed once it is complete (ready_) and window j - 1 is flushed.
+  bool claim_and_flush(Index j) {
+    if (j >= ready_.load(std::memory_order_acquire) ||
+        flushed_.load(std::memory_order_acquire) != j ||
+        !claimed_.compare_exchange_strong(j, j + 1, std::memory_order_acq_rel))
+      return false;
+    flush(j);
+    flushed_.store(j + 1, std::memory_order_release);
+    return true;
+  }
+
+  // With the helper: returns once windows 0 .. n-1 are flushed, flushing them here when the
+  // helper has not claimed them.
+  void flush_until(Index n) {
+    while (flushed_.load(std::memory_order_acquire) < n) {
+      if (claim_and_flush(claimed_.load(std::memory_order_acquire))) continue;
+      if (task_.done()) helper_->finish(task_);  // the helper stopped: rethrow its error
+      spin_pause();
+    }
+  }
+
+  void flush(Index j) {
+    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    flush(t0, t1, window_da(j));
+  }
+
+  void flush(Index t0, Index t1, T* da) {
+    const Index steps = t1 - t0;
     if (steps == 0) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
-    MatrixMap<T> da_w(da_.data(), rows, GH_);  // row b·steps + (t − t0) is (b, t)
+    MatrixMap<T> da_w(da, rows, GH_);  // row b·steps + (t − t0) is (b, t)
     MatrixMap<T> xh(xh_.data(), rows, D + H);  // [x_t  h_{t-1}], h_{t-1} = y at t-1, h0 at 0
     for (Index b = 0; b < B; ++b) {
-      xh.block(b * steps, 0, steps, D) = ConstMatrixMap<T>(x_ + (b * T_ + t0_) * D, steps, D);
+      xh.block(b * steps, 0, steps, D) = ConstMatrixMap<T>(x_ + (b * T_ + t0) * D, steps, D);
       auto h_b = xh.block(b * steps, D, steps, H);
-      if (t0_ == 0) {
+      if (t0 == 0) {
         h_b.row(0) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
         h_b.bottomRows(steps - 1) = ConstMatrixMap<T>(y_ + b * T_ * H, steps - 1, H);
       } else {
-        h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0_ - 1) * H, steps, H);
+        h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0 - 1) * H, steps, H);
       }
     }
     if (B == 1) {  // one sequence: the window's rows of dx are contiguous, written in place
-      MatrixMap<T>(dx_ + t0_ * D, rows, D).noalias() = da_w * w_.w_ih;
+      MatrixMap<T>(dx_ + t0 * D, rows, D).noalias() = da_w * w_.w_ih;
     } else {
       MatrixMap<T> dx_w(dx_w_.data(), rows, D);
       dx_w.noalias() = da_w * w_.w_ih;
       for (Index b = 0; b < B; ++b)
-        MatrixMap<T>(dx_ + (b * T_ + t0_) * D, steps, D) = dx_w.middleRows(b * steps, steps);
+        MatrixMap<T>(dx_ + (b * T_ + t0) * D, steps, D) = dx_w.middleRows(b * steps, steps);
     }
     if (g_.db_ih != nullptr) add_rows(g_.db_ih, da_w);
     // [dW_ih dW_hh] += da^T [x h]. With full windows and the (G·H, D + H) result in L2
@@ -524,7 +661,7 @@ class WindowGrads {
     if (dw_.size() == 0) {  // not column_major_sums
       g_.dw_ih.noalias() += da_w.transpose() * xh.leftCols(D);
       if (to_recurrent_) {
-        to_recurrent_(da_w, t0_, steps);
+        to_recurrent_(da_w, t0, steps);
         if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
       }
       g_.dw_hh.noalias() += da_w.transpose() * xh.rightCols(H);
@@ -535,7 +672,7 @@ class WindowGrads {
       dw.noalias() = da_w.transpose() * xh;
     } else {
       dw.leftCols(D).noalias() = da_w.transpose() * xh.leftCols(D);
-      to_recurrent_(da_w, t0_, steps);
+      to_recurrent_(da_w, t0, steps);
       if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
       dw.rightCols(H).noalias() = da_w.transpose() * xh.rightCols(H);
     }
@@ -552,28 +689,35 @@ class WindowGrads {
   }
 
   Dims d_;
-  Index GH_, W_;
+  Index GH_, W_, windows_, buffers_;
   const T *x_, *y_, *h0_;
   T* dx_;
   const LayerWeights<T>& w_;
   LayerGrads<T>& g_;
   ToRecurrent to_recurrent_;
-  Buffer<T> da_;    // (B, W, G·H): da of the window's steps
+  Helper* helper_;
+  Index current_ = -1;  // the window the loop is in
+  // With the helper:
+  Task task_;                      // flushes windows as they are ready, until none is left
+  std::atomic<Index> ready_{0};    // windows 0 .. ready_-1 are complete
+  std::atomic<Index> claimed_{0};  // ... claimed_-1 are claimed by one thread or the other
+  std::atomic<Index> flushed_{0};  // ... flushed_-1 are flushed
+  Buffer<T> da_;    // (buffers, B, W, G·H): da of the last windows' steps
   Buffer<T> xh_;    // (B·W, D + H): x_t and h_{t-1} of the window's steps, in da's row order
   Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order; B > 1 only
   Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh], when used
-  Index t0_, t1_;   // the window is steps [t0, t1)
 };
 
 // A layer's backward on its batch split over threads (split_count), like forward: run(b0, b1,
-// g_k) does sequences [b0, b1) and writes their weight gradients to g_k. Chunk 0 writes to g;
+// g_k, helper) does sequences [b0, b1) and writes their weight gradients to g_k; helper is the
+// helper thread when the batch is not split (helper_for), else nullptr. Chunk 0 writes to g;
 // the others to buffers of their own, added to g in chunk order afterwards, so the result
 // depends only on the thread count. With one chunk it is exactly the serial code.
 template <typename T, typename Run>
 void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
   const int n = split_count(d, G);
   if (n == 1) {
-    run(Index(0), d.B, g);
+    run(Index(0), d.B, g, helper_for(d, G));
     return;
   }
   const Index GH = G * d.H, per = GH * (d.D + d.H) + 2 * GH;
@@ -588,7 +732,7 @@ void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     int k = 0;
     while (d.B * k / n != b0) ++k;  // this chunk's number (parallel_chunks' split)
-    run(b0, b1, k == 0 ? g : parts[k - 1]);
+    run(b0, b1, k == 0 ? g : parts[k - 1], nullptr);
   });
   for (const LayerGrads<T>& p : parts) {
     g.dw_ih += p.dw_ih;

@@ -46,11 +46,11 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
 template <typename T>
 void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
                   const LayerWeights<T>& w, const std::int64_t* lengths,
-                  const ForwardWorkspace<T>& ws, const Dims& d) {
+                  const ForwardWorkspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as the input side of the pre-activations (InputSide); the loop
   // adds the recurrent side and activates in place.
-  InputSide<T> input(gates, x, w.w_ih, input_bias(w, H), d);
+  InputSide<T> input(gates, x, w.w_ih, input_bias(w, H), d, helper);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   MatrixMap<T> ah(ws.ah, B, 3 * H);
@@ -92,7 +92,7 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
              const std::int64_t* lengths, const ForwardWorkspace<T>& ws, const Dims& d) {
   const int n = split_count(d, 3);
   if (n == 1) {
-    forward_rows<T>(y, h_n, gates, a_hn, x, h0, w, lengths, ws, d);
+    forward_rows<T>(y, h_n, gates, a_hn, x, h0, w, lengths, ws, d, helper_for(d, 3));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
@@ -100,7 +100,7 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
     const ForwardWorkspace<T> w_{ws.ah + b0 * 3 * H};
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H,
                     x + b0 * T_ * D, h0 + b0 * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                    w_, Dims{b1 - b0, T_, D, H});
+                    w_, Dims{b1 - b0, T_, D, H}, nullptr);
   });
 }
 
@@ -111,13 +111,14 @@ template <typename T>
 void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
                    const T* gates, const T* a_hn, const LayerWeights<T>& w,
                    const std::int64_t* lengths, const T* dy, const T* dh_n,
-                   const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+                   const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d,
+                   Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   // da is the gradient of the input side's pre-activations a_r, a_z, a_in. Once a window's
   // dx and dW_ih are done, its n part becomes the recurrent side's, as dah's in the loop:
   // d(a_hn) = r ⊙ d(a_in); b_hh enters with the recurrent side.
-  WindowGrads<T> grads(d, 3 * H, x, y, h0, dx, w, g,
+  WindowGrads<T> grads(d, 3 * H, x, y, h0, dx, w, g, helper,
                        [gates, T_, H](MatrixMap<T> da_w, Index t0, Index steps) {
                          for (Index b = 0; b < da_w.rows() / steps; ++b)
                            da_w.block(b * steps, 2 * H, steps, H).array() *=
@@ -175,14 +176,14 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
               const std::int64_t* lengths, const T* dy, const T* dh_n,
               const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
-  split_backward<T>(d, 3, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
+  split_backward<T>(d, 3, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
     const Workspace<T> ws_k = {ws.dah + b0 * 3 * H, ws.dh_total + b0 * H, ws.dh_prev + b0 * H};
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H, w,
                      lengths == nullptr ? nullptr : lengths + b0, dy + b0 * T_ * H,
-                     dh_n + b0 * H, o, ws_k, Dims{b1 - b0, T_, D, H});
+                     dh_n + b0 * H, o, ws_k, Dims{b1 - b0, T_, D, H}, helper);
   });
 }
 

@@ -27,12 +27,13 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
 // c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
-                  const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
+                  const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d,
+                  Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as a_t without its recurrent term (InputSide: all steps at once, or a chunk
   // ahead of the loop); the loop adds that term and activates in place, so the
   // pre-activations never need a buffer of their own.
-  InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d);
+  InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d, helper);
   MatrixMap<T> h(h_n, B, H);       // the running states; after the loop they are h_n and c_n
   MatrixMap<T> c_run(c_n, B, H);
   h = ConstMatrixMap<T>(h0, B, H);
@@ -77,14 +78,15 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
              const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
   const int n = split_count(d, 4);
   if (n == 1) {
-    forward_rows<T>(y, h_n, c_n, gates, c, x, h0, c0, w, lengths, d);
+    forward_rows<T>(y, h_n, c_n, gates, c, x, h0, c0, w, lengths, d, helper_for(d, 4));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, c_n + b0 * H, gates + b0 * T_ * 4 * H,
                     c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * H, c0 + b0 * H, w,
-                    lengths == nullptr ? nullptr : lengths + b0, Dims{b1 - b0, T_, D, H});
+                    lengths == nullptr ? nullptr : lengths + b0, Dims{b1 - b0, T_, D, H},
+                    nullptr);
   });
 }
 
@@ -97,7 +99,7 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
                    const T* c0, const T* y, const T* gates, const T* c,
                    const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
                    const T* dh_n, const T* dc_n, const StepOptions<T>& opt,
-                   const Workspace<T>& ws, const Dims& d) {
+                   const Workspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
   MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
@@ -106,7 +108,7 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
   MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
       dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
-  WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g);
+  WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper);
   for (Index t = T_ - 1; t >= 0; --t) {
     const auto gt = at_step(gates, B, T_, 4 * H, t);
     const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
@@ -156,7 +158,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
               const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
               const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
-  split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
+  split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
     const Workspace<T> ws_k = {ws.tanh_c + b0 * H, ws.dh_total + b0 * H, ws.dc_total + b0 * H,
@@ -165,7 +167,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
                      h0 + b0 * H, c0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 4 * H,
                      c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
                      dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, ws_k,
-                     Dims{b1 - b0, T_, D, H});
+                     Dims{b1 - b0, T_, D, H}, helper);
   });
 }
 

@@ -30,10 +30,10 @@ void backprop_through_f(Da&& da, const DhTotal& dh_total, const Ht& h_t, Activat
 // Outputs: y (B, T, H), h_n (B, H). Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
-                  const std::int64_t* lengths, Activation f, const Dims& d) {
+                  const std::int64_t* lengths, Activation f, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // y starts as a_t without its recurrent term (InputSide); the loop adds it in place.
-  InputSide<T> input(y, x, w.w_ih, summed_bias(w), d);
+  InputSide<T> input(y, x, w.w_ih, summed_bias(w), d, helper);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
@@ -65,13 +65,14 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
              const std::int64_t* lengths, Activation f, const Dims& d) {
   const int n = split_count(d, 1);
   if (n == 1) {
-    forward_rows<T>(y, h_n, x, h0, w, lengths, f, d);
+    forward_rows<T>(y, h_n, x, h0, w, lengths, f, d, helper_for(d, 1));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, x + b0 * T_ * D, h0 + b0 * H, w,
-                    lengths == nullptr ? nullptr : lengths + b0, f, Dims{b1 - b0, T_, D, H});
+                    lengths == nullptr ? nullptr : lengths + b0, f, Dims{b1 - b0, T_, D, H},
+                    nullptr);
   });
 }
 
@@ -82,13 +83,13 @@ template <typename T>
 void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
                    const LayerWeights<T>& w, const std::int64_t* lengths, Activation f,
                    const T* dy, const T* dh_n, const StepOptions<T>& opt,
-                   const Workspace<T>& ws, const Dims& d) {
+                   const Workspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
-  WindowGrads<T> grads(d, H, x, y, h0, dx, w, g);
+  WindowGrads<T> grads(d, H, x, y, h0, dx, w, g, helper);
   for (Index t = T_ - 1; t >= 0; --t) {
     auto da = grads.da(t);
     const auto h_t = at_step(y, B, T_, H, t);
@@ -124,13 +125,13 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
               const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
               const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
-  split_backward<T>(d, 1, g, [&](Index b0, Index b1, LayerGrads<T>& g_k) {
+  split_backward<T>(d, 1, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0, f,
                      dy + b0 * T_ * H, dh_n + b0 * H, o, Workspace<T>{ws.dh_prev + b0 * H},
-                     Dims{b1 - b0, T_, D, H});
+                     Dims{b1 - b0, T_, D, H}, helper);
   });
 }
 

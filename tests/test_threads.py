@@ -1,6 +1,8 @@
 """rnnfast.set_num_threads(n > 1): an RNN, GRU or LSTM layer call big enough splits its batch
-over n threads (cpp/common.hpp split_count). The split must match the NumPy reference like the
-serial path, repeat bit for bit, and leave the serial (n = 1) results untouched."""
+over n threads (cpp/common.hpp split_count); one whose batch is not split, as at batch 1, hands
+the products outside its time loop to a helper thread (cpp/helper.hpp). Both must match the
+NumPy reference like the serial path, repeat bit for bit, and leave the serial (n = 1) results
+untouched."""
 
 import numpy as np
 import pytest
@@ -68,6 +70,93 @@ def test_serial_unchanged_by_split(threads, cell):
     threads(1)
     for k, v in _step(model, *data, None).items():
         np.testing.assert_array_equal(v, serial[k], err_msg=k)
+
+
+# Batches that split_count leaves whole and that helper_for takes: T >= 32 and input-side
+# MACs B*T*G*H*D >= 2^18 for every cell and layer. T = 37 ends both loops on a part of a
+# chunk (InputSide: 16 steps) and of a window (WindowGrads: 16 steps).
+HELPER_DIMS = [(1, 100, 64, 64), (1, 37, 128, 64), (2, 50, 64, 32)]
+
+
+@pytest.mark.parametrize("dims", HELPER_DIMS, ids=lambda d: "B{}T{}D{}H{}".format(*d))
+@pytest.mark.parametrize("lengths_mode", ["none", "partial"])
+@pytest.mark.parametrize("clip", [None, 0.5])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_helper_matches_reference_and_repeats(threads, cell, dims, lengths_mode, clip, dtype):
+    b, t, d, h = dims
+    fast = make(cell, d, h, L=2, dtype=dtype, seed=4)
+    ref = make(cell, d, h, L=2, dtype=np.float64, seed=4, backend="numpy")
+    ref.params = {k: np.asarray(v, np.float64) for k, v in fast.params.items()}
+    rng = np.random.default_rng(5)
+    data = (rng.standard_normal((b, t, d)), state_like(fast, b, rng),
+            random_lengths(rng, b, t, lengths_mode), rng.standard_normal((b, t, h)),
+            state_like(fast, b, rng, scale=1.0))
+    threads(2)
+    got = _step(fast, *data, clip)
+    want = _step(ref, *data, clip)
+    for k in want:
+        assert rel_err(got[k], want[k]) <= TOL[dtype], k
+    # Which thread wrote which chunk or window changes from call to call; the result must not.
+    for _ in range(3):
+        again = _step(fast, *data, clip)
+        for k in want:
+            np.testing.assert_array_equal(got[k], again[k], err_msg=k)
+
+
+def _thread_names():
+    import os
+    names = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                names.append(f.read().strip())
+        except OSError:
+            pass
+    return names
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="Linux only")
+def test_helper_thread_is_started_by_a_batch_1_call(threads):
+    model = make("lstm", 64, 64, dtype=np.float32)
+    x = np.random.default_rng(0).standard_normal((1, 100, 64)).astype(np.float32)
+    threads(2)
+    model.forward(x)
+    assert "rnnfast-helper" in _thread_names()
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs os.fork")
+def test_helper_after_fork(threads):
+    """A child forked while the parent's helper runs has no helper thread; its calls must still
+    finish, with the parent's results."""
+    import os
+    import pickle
+    import warnings
+    model = make("gru", 64, 64, dtype=np.float64, seed=2)
+    rng = np.random.default_rng(1)
+    x, dy = rng.standard_normal((1, 100, 64)), rng.standard_normal((1, 100, 64))
+    threads(2)
+    want = run_step(model, x, None, None, dy, None)
+    read, write = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # the child: never returns into pytest
+        code = 1
+        try:
+            got = run_step(model, x, None, None, dy, None)
+            os.write(write, pickle.dumps(got))
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0, status
+    got = pickle.loads(data)
+    for k in want:
+        np.testing.assert_array_equal(got[k], want[k], err_msg=k)
 
 
 @pytest.mark.parametrize("value, want", [("2", 2), ("3,1", 3), (" 1 ", 1), ("0", None),

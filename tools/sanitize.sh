@@ -48,7 +48,7 @@ libubsan="$(g++ -print-file-name=libubsan.so)"
 # The C++-facing tests: everything that calls into _core, directly or through the models.
 tests=(tests/test_parity.py tests/test_bad_input.py tests/test_gates.py
        tests/test_backward_options.py tests/test_gradcheck.py tests/test_training_parts.py
-       tests/test_fuzz.py tests/test_hardening.py)
+       tests/test_fuzz.py tests/test_hardening.py tests/test_threads.py)
 LD_PRELOAD="$libasan $libubsan" \
 ASAN_OPTIONS="detect_leaks=0:halt_on_error=1:abort_on_error=1:strict_init_order=1:detect_stack_use_after_return=1" \
 UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1" \

@@ -380,6 +380,7 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
     collector's passes (an online RNN step read 0.50 ms that way against ~0.12 ms in a loop).
     The garbage collector is off while timing, for every implementation alike.
     """
+    from . import _core
     target, inner = {}, {}
     for name, step in steps.items():
         step()
@@ -400,6 +401,9 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
                         out = step()
                     times[name].append((time.perf_counter() - t0) / inner[name])
                     del out
+                    # rnnfast's helper thread (cpp/helper.hpp) spins a while after its last
+                    # task: not into the next implementation's turn, whose core it would take.
+                    _core._rest_helper()
             gc.collect()  # between rounds, outside the timed loops
     finally:
         gc.enable()
