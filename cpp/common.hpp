@@ -414,11 +414,12 @@ class InputSide {
     const Index B = d_.B, T_ = d_.T, D = d_.D;
     if (helper_ != nullptr) {
       const Index k = t / kChunk;
+      SpinWait wait;
       while (!written_[k].load(std::memory_order_acquire)) {
         if (claim_and_write() < chunks_) continue;
         // The chunk is the helper's, and being written; if the helper failed, rethrow here.
         if (task_.done()) helper_->finish(task_);
-        spin_pause();
+        wait();
       }
       done_ = std::min(T_, (k + 1) * kChunk);
       return;
@@ -530,10 +531,14 @@ class WindowGrads {
     if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
     if (helper_ == nullptr) return;
     task_.assign([this] {
+      SpinWait wait;
       for (;;) {
         const Index j = claimed_.load(std::memory_order_acquire);
         if (j >= windows_) return;
-        if (!claim_and_flush(j)) spin_pause();
+        if (claim_and_flush(j))
+          wait.reset();
+        else
+          wait();
       }
     });
     helper_->offer(task_);
@@ -614,10 +619,11 @@ class WindowGrads {
   // With the helper: returns once windows 0 .. n-1 are flushed, flushing them here when the
   // helper has not claimed them.
   void flush_until(Index n) {
+    SpinWait wait;
     while (flushed_.load(std::memory_order_acquire) < n) {
       if (claim_and_flush(claimed_.load(std::memory_order_acquire))) continue;
       if (task_.done()) helper_->finish(task_);  // the helper stopped: rethrow its error
-      spin_pause();
+      wait();
     }
   }
 
