@@ -73,7 +73,7 @@ IMPLS = ("rnnfast", "numpy", "torch", "jax")
 MIN_REPEATS = 3
 SLOW_BUDGET = 4.0  # seconds of timed steps granted to a slow implementation per row
 MIN_TIMED = 0.02  # seconds: shorter steps are timed in loops that fill this (see _measure)
-QUIET_S = 0.12  # seconds of sleep before each repeat with more than one thread (see _measure)
+QUIET_S = 0.12  # seconds of busy waiting before each repeat with > 1 thread (see _measure)
 
 
 def step_flops(cell, B, T, D, H):
@@ -381,13 +381,15 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
     collector's passes (an online RNN step read 0.50 ms that way against ~0.12 ms in a loop).
     The garbage collector is off while timing, for every implementation alike.
 
-    With more than one thread, each repeat starts after ``QUIET_S`` seconds of sleep: the
-    threads an implementation leaves spinning after its turn would otherwise run through the
-    next one's. numpy's OpenBLAS workers spin for about 0.1 s after a threaded product, and
+    With more than one thread, each repeat starts after ``QUIET_S`` seconds of busy waiting:
+    the threads an implementation leaves spinning after its turn would otherwise run through
+    the next one's. numpy's OpenBLAS workers spin for about 0.1 s after a threaded product, and
     with two cores they took one from whichever implementation came next (rnnfast's online
     GRU step at 2 threads: 0.38–0.44 ms after a sleep, 0.50–0.74 ms right after a 512² numpy
     matmul, slower than on one thread; JAX's online LSTM step read 2.6 ms in a run without
-    this sleep, 1.3–1.7 ms in three runs with it).
+    this wait, 1.3–1.7 ms in three runs with it). Busy, because after 0.12 s of sleep this
+    VM's cores came back slow: rnnfast alone, online LSTM at 2 threads, 0.50–0.58 ms after
+    sleeps against 0.41–0.45 after busy waits or none.
     """
     from . import _core
     quiet = QUIET_S if threads > 1 else 0.0
@@ -406,8 +408,10 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
         while any(len(times[n]) < target[n] for n in steps):
             for name, step in steps.items():
                 if len(times[name]) < target[name]:
-                    if quiet:
-                        time.sleep(quiet)
+                    if quiet:  # a busy wait: see the docstring
+                        t_end = time.perf_counter() + quiet
+                        while time.perf_counter() < t_end:
+                            pass
                     t0 = time.perf_counter()
                     for _ in range(inner[name]):
                         out = step()
