@@ -521,6 +521,7 @@ class WindowGrads {
       : d_(d), GH_(GH), W_(window_steps(d, helper)), windows_((d.T + W_ - 1) / W_),
         buffers_(helper != nullptr ? kHelperBuffers : 1), x_(x), y_(y), h0_(h0), dx_(dx),
         w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), helper_(helper),
+        separate_dx_(helper != nullptr && d.B == 1 && !to_recurrent_),
         da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
         xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
@@ -530,12 +531,17 @@ class WindowGrads {
     if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
     if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
     if (helper_ == nullptr) return;
-    task_.assign([this] {
+    if (separate_dx_) {
+      dx_done_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(windows_));
+      for (Index j = 0; j < windows_; ++j) dx_done_[j].store(false, std::memory_order_relaxed);
+    } else {
+      dx_claimed_.store(windows_, std::memory_order_relaxed);  // none to claim
+    }
+    task_.assign([this] {  // the ordered sums first, dx when they must wait
       SpinWait wait;
-      for (;;) {
-        const Index j = claimed_.load(std::memory_order_acquire);
-        if (j >= windows_) return;
-        if (claim_and_flush(j))
+      while (claimed_.load(std::memory_order_acquire) < windows_ ||
+             dx_claimed_.load(std::memory_order_acquire) < windows_) {
+        if (claim_and_flush(claimed_.load(std::memory_order_acquire)) || claim_dx())
           wait.reset();
         else
           wait();
@@ -546,8 +552,10 @@ class WindowGrads {
 
   ~WindowGrads() {
     if (helper_ == nullptr) return;
-    claimed_.store(windows_, std::memory_order_release);  // after an exception: stop the helper
-    helper_->settle(task_);                               // it reads this object's members
+    // After an exception: stop the helper. It reads this object's members until it stops.
+    claimed_.store(windows_, std::memory_order_release);
+    dx_claimed_.store(windows_, std::memory_order_release);
+    helper_->settle(task_);
   }
   WindowGrads(const WindowGrads&) = delete;
   WindowGrads& operator=(const WindowGrads&) = delete;
@@ -616,12 +624,33 @@ class WindowGrads {
     return true;
   }
 
-  // With the helper: returns once windows 0 .. n-1 are flushed, flushing them here when the
-  // helper has not claimed them.
+  // With separate_dx_: a complete window's dx = da W_ih, by either thread and in any order
+  // (its rows are the window's own), so the thread that would wait for the ordered sums works
+  // meanwhile: the loop's thread waited 75-170 k cycles per online LSTM backward without it.
+  bool claim_dx() {
+    if (!separate_dx_) return false;
+    Index j = dx_claimed_.load(std::memory_order_acquire);
+    if (j >= ready_.load(std::memory_order_acquire) ||
+        !dx_claimed_.compare_exchange_strong(j, j + 1, std::memory_order_acq_rel))
+      return false;
+    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    MatrixMap<T>(dx_ + t0 * d_.D, t1 - t0, d_.D).noalias() =
+        MatrixMap<T>(window_da(j), t1 - t0, GH_) * w_.w_ih;
+    dx_done_[j].store(true, std::memory_order_release);
+    return true;
+  }
+
+  // With the helper: returns once windows 0 .. n-1 are done (their sums and their dx), doing
+  // what the helper has not claimed here, dx first.
   void flush_until(Index n) {
     SpinWait wait;
-    while (flushed_.load(std::memory_order_acquire) < n) {
-      if (claim_and_flush(claimed_.load(std::memory_order_acquire))) continue;
+    for (;;) {
+      while (separate_dx_ && dx_checked_ < n &&
+             dx_done_[dx_checked_].load(std::memory_order_acquire))
+        ++dx_checked_;
+      if (flushed_.load(std::memory_order_acquire) >= n && (!separate_dx_ || dx_checked_ >= n))
+        return;
+      if (claim_dx() || claim_and_flush(claimed_.load(std::memory_order_acquire))) continue;
       if (task_.done()) helper_->finish(task_);  // the helper stopped: rethrow its error
       wait();
     }
@@ -648,7 +677,8 @@ class WindowGrads {
         h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0 - 1) * H, steps, H);
       }
     }
-    if (B == 1) {  // one sequence: the window's rows of dx are contiguous, written in place
+    if (separate_dx_) {  // claim_dx does it
+    } else if (B == 1) {  // one sequence: the window's rows of dx are contiguous, in place
       MatrixMap<T>(dx_ + t0 * D, rows, D).noalias() = da_w * w_.w_ih;
     } else {
       MatrixMap<T> dx_w(dx_w_.data(), rows, D);
@@ -708,6 +738,12 @@ class WindowGrads {
   std::atomic<Index> ready_{0};    // windows 0 .. ready_-1 are complete
   std::atomic<Index> claimed_{0};  // ... claimed_-1 are claimed by one thread or the other
   std::atomic<Index> flushed_{0};  // ... flushed_-1 are flushed
+  // With the helper, at batch 1 and without to_recurrent (which rewrites da after dx): dx of
+  // each window is a task of its own (claim_dx).
+  bool separate_dx_;
+  std::atomic<Index> dx_claimed_{0};             // windows 0 .. dx_claimed_-1 have their dx claimed
+  std::unique_ptr<std::atomic<bool>[]> dx_done_;  // per window: its dx is written
+  Index dx_checked_ = 0;                         // the loop's thread: dx done below this
   Buffer<T> da_;    // (buffers, B, W, G·H): da of the last windows' steps
   Buffer<T> xh_;    // (B·W, D + H): x_t and h_{t-1} of the window's steps, in da's row order
   Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order; B > 1 only
