@@ -569,7 +569,7 @@ class WindowGrads {
       // With the helper, window j's da overwrites that of window j - buffers_.
       if (helper_ != nullptr) flush_until(j - buffers_ + 1);
     }
-    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    const auto [t0, t1] = window(j);
     return at_step(window_da(j), d_.B, t1 - t0, GH_, t - t0);
   }
 
@@ -599,6 +599,10 @@ class WindowGrads {
   static constexpr Index kHelperBuffers = 3;
 
   // Windows are numbered in the loop's order: window j is steps [t0, t1), t1 = T - j·W.
+  std::pair<Index, Index> window(Index j) const {
+    const Index t1 = d_.T - j * W_;
+    return {std::max<Index>(0, t1 - W_), t1};
+  }
   T* window_da(Index j) { return da_.data() + (j % buffers_) * d_.B * W_ * GH_; }
 
   // Window j is complete: its products now, or with the helper, by whichever thread claims it
@@ -633,7 +637,7 @@ class WindowGrads {
     if (j >= ready_.load(std::memory_order_acquire) ||
         !dx_claimed_.compare_exchange_strong(j, j + 1, std::memory_order_acq_rel))
       return false;
-    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    const auto [t0, t1] = window(j);
     MatrixMap<T>(dx_ + t0 * d_.D, t1 - t0, d_.D).noalias() =
         MatrixMap<T>(window_da(j), t1 - t0, GH_) * w_.w_ih;
     dx_done_[j].store(true, std::memory_order_release);
@@ -657,7 +661,7 @@ class WindowGrads {
   }
 
   void flush(Index j) {
-    const Index t1 = d_.T - j * W_, t0 = std::max<Index>(0, t1 - W_);
+    const auto [t0, t1] = window(j);
     flush(t0, t1, window_da(j));
   }
 
@@ -677,9 +681,9 @@ class WindowGrads {
         h_b = ConstMatrixMap<T>(y_ + (b * T_ + t0 - 1) * H, steps, H);
       }
     }
-    if (separate_dx_) {  // claim_dx does it
-    } else if (B == 1) {  // one sequence: the window's rows of dx are contiguous, in place
-      MatrixMap<T>(dx_ + t0 * D, rows, D).noalias() = da_w * w_.w_ih;
+    if (B == 1) {  // one sequence: the window's rows of dx are contiguous, written in place
+      if (!separate_dx_)  // else claim_dx writes them
+        MatrixMap<T>(dx_ + t0 * D, rows, D).noalias() = da_w * w_.w_ih;
     } else {
       MatrixMap<T> dx_w(dx_w_.data(), rows, D);
       dx_w.noalias() = da_w * w_.w_ih;
