@@ -430,10 +430,7 @@ class InputSide {
       return;
     }
     const Index steps = std::min(kChunk, T_ - t);
-    for (Index b = 0; b < B; ++b)
-      write(MatrixMap<T>(a_ + (b * T_ + t) * GH_, steps, GH_),
-            ConstMatrixMap<T>(x_ + (b * T_ + t) * D, steps, D),
-            steps == kChunk ? &*chunk_product_ : nullptr);
+    write_steps(t, steps, steps == kChunk ? &*chunk_product_ : nullptr);
     done_ = t + steps;
   }
 
@@ -452,15 +449,20 @@ class InputSide {
       a.noalias() += x * w_ih_.transpose();
   }
 
+  // Steps [t, t + steps) of every sequence.
+  void write_steps(Index t, Index steps, RecurrentProduct<T, true>* packed) {
+    for (Index b = 0; b < d_.B; ++b)
+      write(MatrixMap<T>(a_ + (b * d_.T + t) * GH_, steps, GH_),
+            ConstMatrixMap<T>(x_ + (b * d_.T + t) * d_.D, steps, d_.D), packed);
+  }
+
   // With the helper: takes the next unclaimed chunk, writes it and returns its number, or
   // returns chunks_ or more when none is left. Run by both threads.
   Index claim_and_write() {
     const Index k = next_.fetch_add(1, std::memory_order_relaxed);
     if (k >= chunks_) return k;
-    const Index t = k * kChunk, steps = std::min(kChunk, d_.T - t);
-    for (Index b = 0; b < d_.B; ++b)
-      write(MatrixMap<T>(a_ + (b * d_.T + t) * GH_, steps, GH_),
-            ConstMatrixMap<T>(x_ + (b * d_.T + t) * d_.D, steps, d_.D), nullptr);
+    const Index t = k * kChunk;
+    write_steps(t, std::min(kChunk, d_.T - t), nullptr);
     written_[k].store(true, std::memory_order_release);
     return k;
   }
