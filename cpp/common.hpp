@@ -523,7 +523,7 @@ class WindowGrads {
       : d_(d), GH_(GH), W_(window_steps(d, helper)), windows_((d.T + W_ - 1) / W_),
         buffers_(helper != nullptr ? kHelperBuffers : 1), x_(x), y_(y), h0_(h0), dx_(dx),
         w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), helper_(helper),
-        separate_dx_(helper != nullptr && d.B == 1 && !to_recurrent_),
+        separate_dx_(helper != nullptr && d.B == 1),
         da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
         xh_(static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
@@ -555,6 +555,7 @@ class WindowGrads {
   ~WindowGrads() {
     if (helper_ == nullptr) return;
     // After an exception: stop the helper. It reads this object's members until it stops.
+    abandoned_.store(true, std::memory_order_release);
     claimed_.store(windows_, std::memory_order_release);
     dx_claimed_.store(windows_, std::memory_order_release);
     helper_->settle(task_);
@@ -662,12 +663,20 @@ class WindowGrads {
     }
   }
 
-  void flush(Index j) {
-    const auto [t0, t1] = window(j);
-    flush(t0, t1, window_da(j));
+  // With separate_dx_ and to_recurrent_: window j's dx reads its da, which to_recurrent_ is
+  // about to rewrite. Its dx is claimed or claimable (the window is complete), so this ends,
+  // unless the object is being destroyed after an exception: the sums no longer matter then.
+  void await_dx(Index j) {
+    SpinWait wait;
+    while (!dx_done_[j].load(std::memory_order_acquire) &&
+           !abandoned_.load(std::memory_order_acquire)) {
+      if (!claim_dx()) wait();
+    }
   }
 
-  void flush(Index t0, Index t1, T* da) {
+  void flush(Index j) {
+    const auto [t0, t1] = window(j);
+    T* const da = window_da(j);
     const Index steps = t1 - t0;
     if (steps == 0) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
@@ -703,6 +712,7 @@ class WindowGrads {
     if (dw_.size() == 0) {  // not column_major_sums
       g_.dw_ih.noalias() += da_w.transpose() * xh.leftCols(D);
       if (to_recurrent_) {
+        if (separate_dx_) await_dx(j);
         to_recurrent_(da_w, t0, steps);
         if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
       }
@@ -714,6 +724,7 @@ class WindowGrads {
       dw.noalias() = da_w.transpose() * xh;
     } else {
       dw.leftCols(D).noalias() = da_w.transpose() * xh.leftCols(D);
+      if (separate_dx_) await_dx(j);
       to_recurrent_(da_w, t0, steps);
       if (g_.db_hh != nullptr) add_rows(g_.db_hh, da_w);
       dw.rightCols(H).noalias() = da_w.transpose() * xh.rightCols(H);
@@ -744,9 +755,10 @@ class WindowGrads {
   std::atomic<Index> ready_{0};    // windows 0 .. ready_-1 are complete
   std::atomic<Index> claimed_{0};  // ... claimed_-1 are claimed by one thread or the other
   std::atomic<Index> flushed_{0};  // ... flushed_-1 are flushed
-  // With the helper, at batch 1 and without to_recurrent (which rewrites da after dx): dx of
-  // each window is a task of its own (claim_dx).
+  // With the helper, at batch 1: dx of each window is a task of its own (claim_dx); a flush
+  // that rewrites da (to_recurrent) waits for it first (await_dx).
   bool separate_dx_;
+  std::atomic<bool> abandoned_{false};           // set by the destructor: stop waiting
   std::atomic<Index> dx_claimed_{0};             // windows 0 .. dx_claimed_-1 have their dx claimed
   std::unique_ptr<std::atomic<bool>[]> dx_done_;  // per window: its dx is written
   Index dx_checked_ = 0;                         // the loop's thread: dx done below this
