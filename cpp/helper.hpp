@@ -2,7 +2,8 @@
 // (common.hpp split_count = 1: batch 1, the online config). There the time loop is serial, one
 // step after the other, but the products outside the recurrence are not: the input side of the
 // steps ahead of the loop (InputSide) and backward's window products behind it (WindowGrads)
-// can run on the other core while the loop goes on.
+// can run on the other core while the loop goes on. When the batch is split, the helper runs
+// the second chunk (common.hpp parallel_chunks).
 //
 // Starting a thread per call cost ~67 µs on this machine, and waking one that sleeps on a
 // condition variable ~75 µs (~11 µs of it in the caller), against ~150 µs for a whole online
@@ -108,17 +109,31 @@ class Helper {
   // Hands t to the helper. If the helper's slot is taken (another Python thread's call), t
   // stays with its owner, to run at finish.
   void offer(Task& t) {
+    if (try_offer(t)) return;
+    t.done_.store(false, std::memory_order_relaxed);
+    t.error_ = nullptr;
+    t.placed_ = false;
+  }
+
+  // Hands t to the helper and returns true; or, if the helper's slot is taken, returns false
+  // and leaves t as it was: the owner runs it some other way, without finish.
+  bool try_offer(Task& t) {
     t.done_.store(false, std::memory_order_relaxed);
     t.error_ = nullptr;
     rest_.store(false, std::memory_order_relaxed);
     Task* empty = nullptr;
     t.placed_ = slot_.compare_exchange_strong(empty, &t, std::memory_order_seq_cst);
+    if (!t.placed_) {
+      t.done_.store(true, std::memory_order_relaxed);
+      return false;
+    }
     // Paired with the helper's store to sleeping_ and then load of slot_ (both seq_cst): either
     // it sees t, or this sees it asleep and wakes it.
-    if (t.placed_ && sleeping_.load(std::memory_order_seq_cst)) {
+    if (sleeping_.load(std::memory_order_seq_cst)) {
       std::lock_guard<std::mutex> lock(mutex_);
       wake_.notify_one();
     }
+    return true;
   }
 
   // Returns once t has run: here, if the helper has not taken it. Rethrows what t threw.

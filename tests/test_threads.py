@@ -104,6 +104,42 @@ def test_helper_matches_reference_and_repeats(threads, cell, dims, lengths_mode,
             np.testing.assert_array_equal(got[k], again[k], err_msg=k)
 
 
+def test_concurrent_python_threads_share_the_helper(threads):
+    """Two Python threads making calls at once, split ones and batch-1 ones: one call at a time
+    gets the helper (the batch's second chunk, or a batch-1 call's products); the other runs
+    that chunk on a thread of its own, or those products itself. Results as one at a time."""
+    import threading
+    threads(2)
+    jobs = []
+    for k, (cell, (b, t, d, h)) in enumerate([("lstm", (B, T, D, H)), ("gru", HELPER_DIMS[0]),
+                                              ("rnn_tanh", (B, T, D, H)),
+                                              ("lstm", HELPER_DIMS[0])]):
+        model = make(cell, d, h, dtype=np.float32, seed=k)
+        rng = np.random.default_rng(k)
+        data = (rng.standard_normal((b, t, d)), None, None, rng.standard_normal((b, t, h)),
+                None)
+        jobs.append((model, data, _step(model, *data, None)))
+    got = [[] for _ in jobs]
+    barrier = threading.Barrier(len(jobs))
+
+    def run(j):
+        model, data, _ = jobs[j]
+        barrier.wait()
+        for _ in range(4):
+            got[j].append(_step(model, *data, None))
+
+    workers = [threading.Thread(target=run, args=(j,)) for j in range(len(jobs))]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    for (_, _, want), results in zip(jobs, got):
+        assert len(results) == 4
+        for result in results:
+            for k in want:
+                np.testing.assert_array_equal(result[k], want[k], err_msg=k)
+
+
 def _thread_names():
     import os
     names = []

@@ -1,7 +1,9 @@
-// Every cell's forward and backward at batch 1 on two threads, the calls that hand work to
-// the helper thread (cpp/helper.hpp), for ThreadSanitizer: built and run by tools/tsan.sh.
-// Each call runs three times and must give the same bits each time (which thread ran which
-// chunk or window changes from call to call); TSan reports any data race it sees on the way.
+// Every cell's forward and backward on two threads, the calls that hand work to the helper
+// thread (cpp/helper.hpp): at batch 1 its share of the products, at batch 8 the second half
+// of the batch (common.hpp parallel_chunks). For ThreadSanitizer: built and run by
+// tools/tsan.sh. Each call runs three times and must give the same bits each time (which
+// thread ran which chunk or window changes from call to call); TSan reports any data race it
+// sees on the way.
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -25,8 +27,9 @@ std::vector<T> random(std::size_t n, std::mt19937& rng, double scale) {
 
 // One layer's forward and backward; returns every output, concatenated.
 template <typename T>
-std::vector<T> step(char cell, Index T_, const std::int64_t* lengths, std::uint32_t seed) {
-  const Index B = 1, D = 64, H = 64, G = cell == 'l' ? 4 : cell == 'g' ? 3 : 1;
+std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths,
+                    std::uint32_t seed) {
+  const Index D = 64, H = 64, G = cell == 'l' ? 4 : cell == 'g' ? 3 : 1;
   std::mt19937 rng(seed);
   auto x = random<T>(B * T_ * D, rng, 1.0), h0 = random<T>(B * H, rng, 0.5),
        c0 = random<T>(B * H, rng, 0.5), dy = random<T>(B * T_ * H, rng, 1.0),
@@ -74,16 +77,19 @@ template <typename T>
 int check(const char* type) {
   int failures = 0;
   for (char cell : {'r', 'l', 'g'}) {
-    for (Index T_ : {Index(100), Index(37)}) {
-      for (bool short_sequence : {false, true}) {
-        const std::int64_t length = T_ - 20;
-        const std::int64_t* lengths = short_sequence ? &length : nullptr;
-        const auto first = step<T>(cell, T_, lengths, 7);
-        for (int again = 0; again < 2; ++again) {
-          if (step<T>(cell, T_, lengths, 7) != first) {
-            std::printf("differs: cell %c, %s, T %ld, lengths %d\n", cell, type, long(T_),
-                        int(short_sequence));
-            ++failures;
+    for (Index B : {Index(1), Index(8)}) {
+      for (Index T_ : {Index(100), Index(37)}) {
+        for (bool short_sequences : {false, true}) {
+          std::vector<std::int64_t> length(B);  // every other sequence 20 steps short
+          for (Index b = 0; b < B; ++b) length[b] = b % 2 == 0 ? T_ - 20 : T_;
+          const std::int64_t* lengths = short_sequences ? length.data() : nullptr;
+          const auto first = step<T>(cell, B, T_, lengths, 7);
+          for (int again = 0; again < 2; ++again) {
+            if (step<T>(cell, B, T_, lengths, 7) != first) {
+              std::printf("differs: cell %c, %s, B %ld, T %ld, lengths %d\n", cell, type,
+                          long(B), long(T_), int(short_sequences));
+              ++failures;
+            }
           }
         }
       }

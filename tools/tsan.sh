@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # ThreadSanitizer on the helper thread (cpp/helper.hpp): builds tools/helper_race.cpp, which
-# runs every cell's forward and backward at batch 1 on two threads, and runs it. A data race
+# runs every cell's forward and backward at batch 1 and 8 on two threads, and runs it. A data race
 # makes TSan print a report and the run fail.
 #
 #   bash tools/tsan.sh                    # venv (for Eigen's headers) and binary under build/tsan/
