@@ -140,6 +140,28 @@ def test_concurrent_python_threads_share_the_helper(threads):
                 np.testing.assert_array_equal(result[k], want[k], err_msg=k)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("where", [None, 0, "middle", -1])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_long_finiteness_scan_on_two_threads(threads, dtype, where, bad):
+    """A scan of 2^18 elements or more goes in two halves at 2 threads: a bad value in either
+    half, or at their border, is found; none is reported when there is none."""
+    from rnnfast import _core
+    n = (1 << 18) + 3  # halves of unequal length
+    a = np.random.default_rng(0).standard_normal(n).astype(dtype)
+    if where is not None:
+        a[n // 2 if where == "middle" else where] = bad
+    threads(2)
+    assert _core.all_finite(a) == (where is None)
+    model = make("rnn_tanh", 64, 8, dtype=dtype)
+    x = (a[:64 * 4096] if where == 0 else a[-64 * 4096:]).reshape(1, 4096, 64)  # holds it
+    if where is None:
+        model.forward(x)
+    else:
+        with pytest.raises(ValueError, match="non-finite"):
+            model.forward(x)
+
+
 def _thread_names():
     import os
     names = []
