@@ -49,16 +49,27 @@ void expect_shape(const py::array& a, const std::vector<py::ssize_t>& want, cons
                                 ", got " + shape_str(got));
 }
 
-// A new C-ordered array of this shape, uninitialised like np.empty. Large ones (and all of them
-// while the cache poisons, for the tests) take their memory from the block cache
-// (buffers.hpp) and give it back when NumPy frees the array.
+// A new C-ordered array of this shape, uninitialised like np.empty, 64-byte aligned. Large ones
+// (and all of them while the cache poisons, for the tests) take their memory from the block
+// cache (buffers.hpp) and give it back when NumPy frees the array. Small ones are a view into
+// a NumPy array 64 bytes longer: NumPy aligns to 16 bytes only, and Eigen's vectorised loops
+// over a row start with single elements up to the first 32-byte boundary and end with them, so
+// an output such as the online gates (1, 100, 4H), 48 bytes past a boundary in half the calls,
+// had its activations partly computed one element at a time.
 template <typename T>
 Array<T> new_array(const std::vector<py::ssize_t>& shape) {
   std::size_t bytes = sizeof(T);
   for (py::ssize_t s : shape)
     if (__builtin_mul_overflow(bytes, static_cast<std::size_t>(s), &bytes)) throw std::bad_alloc();
   BlockCache& cache = BlockCache::instance();
-  if (bytes == 0 || (bytes < BlockCache::kMinBytes && !cache.poison())) return Array<T>(shape);
+  if (bytes == 0) return Array<T>(shape);
+  if (bytes < BlockCache::kMinBytes && !cache.poison()) {
+    constexpr std::size_t align = BlockCache::kAlign;
+    Array<T> whole({static_cast<py::ssize_t>((bytes + align) / sizeof(T))});
+    const auto address = reinterpret_cast<std::uintptr_t>(whole.data());
+    const std::size_t skip = (align - address % align) % align / sizeof(T);
+    return Array<T>(shape, whole.data() + skip, whole);
+  }
   struct Owned {
     void* ptr;
     std::size_t bytes;
