@@ -303,14 +303,13 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  Buffer<T> steps(static_cast<size_t>(4 * d.B * d.H));  // the four (B, H) buffers
+  Buffer<T> steps(static_cast<size_t>(3 * d.B * d.H));  // the three (B, H) buffers
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
   const Index BH = d.B * d.H;
-  const lstm::Workspace<T> ws{steps.data(), steps.data() + BH, steps.data() + 2 * BH,
-                              steps.data() + 3 * BH};
+  const lstm::Workspace<T> ws{steps.data(), steps.data() + BH, steps.data() + 2 * BH};
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
           *gates_p = gates.data(), *c_p = c.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data(),

@@ -17,7 +17,6 @@ namespace rnnfast::lstm {
 
 template <typename T>
 struct Workspace {  // backward's buffers, sized once per call before the loop
-  T* tanh_c;        // (B, H): tanh(c_t) at the current step
   T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
   T* dc_total;      // (B, H): dL/dc_t from both h_t and c_{t+1}
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
@@ -90,6 +89,62 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
   });
 }
 
+// One sequence's step of backward, from dL/dh_t (dh_total) and what step t+1 sends back to
+// c_t (dc) to dc_total = dL/dc_t and da, the gradient of [a_i a_f a_g a_o]; and, unless
+// dc_prev is nullptr, what this step sends back to c_{t-1} (it may be dc itself). gate, c_t
+// and c_prev are the step's rows of gates and c. N elements from each pointer: a packet (N
+// fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
+template <int N, typename T>
+void gate_grads(Index n, T* da_i, T* da_f, T* da_g, T* da_o, T* dc_total, T* dc_prev,
+                const T* gate, Index H, const T* c_t, const T* c_prev, const T* dh_total,
+                const T* dc) {
+  using A = Eigen::Array<T, N, 1>;
+  using In = Eigen::Map<const A>;
+  using Out = Eigen::Map<A>;
+  const In i(gate, n), f(gate + H, n), g(gate + 2 * H, n), o(gate + 3 * H, n);
+  const In dh(dh_total, n), c_prev_(c_prev, n);
+  const A tanh_c = In(c_t, n).tanh();
+  // h_t = o ⊙ tanh(c_t): backprop into c_t (written from tanh's output), added to what
+  // c_{t+1} sends back; and into o, then through σ.
+  const A dc_t = In(dc, n) + dh * o * (T(1) - tanh_c.square());
+  Out(da_o, n) = dh * tanh_c * o * (T(1) - o);
+  // c_t = f ⊙ c_{t-1} + i ⊙ g: backprop into i, f, g, then through σ, σ, tanh.
+  Out(da_i, n) = dc_t * g * i * (T(1) - i);
+  Out(da_f, n) = dc_t * c_prev_ * f * (T(1) - f);
+  Out(da_g, n) = dc_t * i * (T(1) - g.square());
+  Out(dc_total, n) = dc_t;
+  // c_t = f ⊙ c_{t-1} + i ⊙ g  =>  dc_{t-1} = dc_t ⊙ f
+  if (dc_prev != nullptr) Out(dc_prev, n) = dc_t * f;
+}
+
+// gate_grads over every row of a step, a packet at a time: one pass over the step's data with
+// every intermediate in registers, where a chain of Eigen expressions over the (B, H) blocks
+// made one pass each (and the rows' first and last elements went through scalar code). With
+// update_dc, dc becomes what the step sends back to c_{t-1}.
+template <typename T, typename Da, typename Gates, typename C, typename CPrev>
+void gate_grads_rows(Da&& da, MatrixMap<T> dc_total, const Gates& gates, const C& c_t,
+                     const CPrev& c_prev, const MatrixMap<T>& dh_total, MatrixMap<T> dc,
+                     bool update_dc) {
+  constexpr int P = Eigen::internal::packet_traits<T>::size;
+  const Index B = dc.rows(), H = dc.cols(), whole = H / P * P;
+  for (Index b = 0; b < B; ++b) {
+    T* da_b = da.data() + b * da.outerStride();
+    const T* gate = gates.data() + b * gates.outerStride();
+    const T* c_b = c_t.data() + b * c_t.outerStride();
+    const T* c_prev_b = c_prev.data() + b * c_prev.outerStride();
+    T *dc_total_b = dc_total.data() + b * H, *dc_b = dc.data() + b * H;
+    const T* dh_b = dh_total.data() + b * H;
+    auto at = [&](Index j, auto tag, Index n) {
+      constexpr int N = decltype(tag)::value;
+      gate_grads<N, T>(n, da_b + j, da_b + H + j, da_b + 2 * H + j, da_b + 3 * H + j,
+                       dc_total_b + j, update_dc ? dc_b + j : nullptr, gate + j, H, c_b + j,
+                       c_prev_b + j, dh_b + j, dc_b + j);
+    };
+    for (Index j = 0; j < whole; j += P) at(j, std::integral_constant<int, P>(), P);
+    if (whole < H) at(whole, std::integral_constant<int, Eigen::Dynamic>(), H - whole);
+  }
+}
+
 // Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
 // Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, H); dh_n, dc_n (B, H), the gradients
 // reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the cell path
@@ -105,34 +160,21 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
   MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   dc = ConstMatrixMap<T>(dc_n, B, H);
-  MatrixMap<T> tanh_c(ws.tanh_c, B, H), dh_total(ws.dh_total, B, H),
-      dc_total(ws.dc_total, B, H), dh_prev(ws.dh_prev, B, H);
+  MatrixMap<T> dh_total(ws.dh_total, B, H), dc_total(ws.dc_total, B, H),
+      dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper);
   for (Index t = T_ - 1; t >= 0; --t) {
     const auto gt = at_step(gates, B, T_, 4 * H, t);
-    const auto i = gt.leftCols(H), f = gt.middleCols(H, H), g_ = gt.middleCols(2 * H, H),
-               o = gt.rightCols(H);
+    const auto f = gt.middleCols(H, H);
     const auto c_t = at_step(c, B, T_, H, t);
     const auto c_prev = t > 0 ? at_step(c, B, T_, H, t - 1)
                               : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
     auto da = grads.da(t);
-    tanh_c = c_t.array().tanh().matrix();
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
-    // h_t = o ⊙ tanh(c_t): backprop into c_t (written from tanh's output), added to what
-    // c_{t+1} sends back.
-    dc_total = dc.array() + dh_total.array() * o.array() * (T(1) - tanh_c.array().square());
-    // h_t = o ⊙ tanh(c_t), o = σ(a_o): backprop into o, then through σ.
-    da.rightCols(H) = dh_total.array() * tanh_c.array() * o.array() * (T(1) - o.array());
-    // c_t = f ⊙ c_{t-1} + i ⊙ g: backprop into i, f, g, then through σ, σ, tanh.
-    da.leftCols(H) = dc_total.array() * g_.array() * i.array() * (T(1) - i.array());
-    da.middleCols(H, H) =
-        dc_total.array() * c_prev.array() * f.array() * (T(1) - f.array());
-    da.middleCols(2 * H, H) = dc_total.array() * i.array() * (T(1) - g_.array().square());
+    gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dh_total, dc, lengths == nullptr);
     if (lengths == nullptr) {
-      // c_t = f ⊙ c_{t-1} + i ⊙ g  =>  dc_{t-1} = dc_t ⊙ f
-      dc = dc_total.cwiseProduct(f);
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
       recurrent.assign(dh, da);
       continue;
@@ -161,7 +203,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
   split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
-    const Workspace<T> ws_k = {ws.tanh_c + b0 * H, ws.dh_total + b0 * H, ws.dc_total + b0 * H,
+    const Workspace<T> ws_k = {ws.dh_total + b0 * H, ws.dc_total + b0 * H,
                                ws.dh_prev + b0 * H};
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, dc0 + b0 * H, g_k, x + b0 * T_ * D,
                      h0 + b0 * H, c0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 4 * H,
