@@ -383,6 +383,27 @@ void sigmoid_in_place(Block&& a) {
   a = (T(0.5) * (T(0.5) * a.array()).tanh() + T(0.5)).matrix();
 }
 
+// Calls step(j, tag, n) over a row of H elements: packets of P, the SIMD width (tag:
+// integral_constant<int, P>, n = P), and then the rest, if any (tag: integral_constant<int,
+// Eigen::Dynamic>). A cell's step written for Eigen arrays of tag's size then runs a packet at a
+// time with every intermediate in registers: one pass over a row where a chain of Eigen
+// expressions over (B, H) blocks makes one pass each.
+//
+// Used for rows up to kPacketRowsUpTo units. Measured against the chains, LSTM step medians of
+// alternated rounds at 2 threads: H = 64 (long, (16, 1000, 32, 64)) forward 0.96, backward
+// 0.98; H = 128 (small) 0.99, 0.99; H = 256 (medium) 0.94, 0.98; but H = 512 (large) 1.05,
+// 1.01: there the chains, each streaming a few arrays, are faster than one loop reading and
+// writing eleven rows at once.
+constexpr Index kPacketRowsUpTo = 256;
+
+template <typename T, typename Step>
+void by_packets(Index H, Step&& step) {
+  constexpr int P = Eigen::internal::packet_traits<T>::size;
+  const Index whole = H / P * P;
+  for (Index j = 0; j < whole; j += P) step(j, std::integral_constant<int, P>(), Index(P));
+  if (whole < H) step(whole, std::integral_constant<int, Eigen::Dynamic>(), H - whole);
+}
+
 // The input side of every step's pre-activations, a_t = x_t W_ih^T + bias, in the (B, T, G·H)
 // array a (x: (B, T, D), bias: (G·H,), or empty for none). Rows start as the bias and the
 // product is added onto them: Eigen's `a = x W^T` would zero a first, a pass of its own.

@@ -22,6 +22,32 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
 };
 
+// One sequence's step of forward: the row a = [a_i a_f a_g a_o] of pre-activations, activated
+// in place, c_{t-1} (c_prev) to c_t and h_t; and, unless h_run is nullptr, the running states
+// h_run and c_run set to them (c_run may be c_prev). N elements from each pointer: a packet (N
+// fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
+template <int N, typename T>
+EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c_t, T* h_t, T* h_run, T* c_run) {
+  using A = Eigen::Array<T, N, 1>;
+  using In = Eigen::Map<const A>;
+  using Out = Eigen::Map<A>;
+  // σ(a) = (1 + tanh(a/2)) / 2, as sigmoid_in_place (common.hpp) has it
+  auto sigmoid = [](const In& v) -> A { return T(0.5) * (T(0.5) * v).tanh() + T(0.5); };
+  const A i = sigmoid(In(a, n)), f = sigmoid(In(a + H, n)), g = In(a + 2 * H, n).tanh(),
+          o = sigmoid(In(a + 3 * H, n));
+  const A c = f * In(c_prev, n) + i * g;
+  const A h = o * c.tanh();
+  Out(a, n) = i;
+  Out(a + H, n) = f;
+  Out(a + 2 * H, n) = g;
+  Out(a + 3 * H, n) = o;
+  Out(c_t, n) = c;
+  Out(h_t, n) = h;
+  if (h_run == nullptr) return;
+  Out(h_run, n) = h;
+  Out(c_run, n) = c;
+}
+
 // Outputs: y (B, T, H), h_n (B, H), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
 // c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
 template <typename T>
@@ -42,20 +68,35 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
     input.reach(t);
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
     recurrent.add(a, h);    // all four gates in one product
-    sigmoid_in_place(a.leftCols(2 * H));        // i, f
-    a.middleCols(2 * H, H) = a.middleCols(2 * H, H).array().tanh().matrix();  // g
-    sigmoid_in_place(a.rightCols(H));           // o
-    const auto i = a.leftCols(H), f = a.middleCols(H, H), g = a.middleCols(2 * H, H),
-               o = a.rightCols(H);
     auto c_t = at_step(c, B, T_, H, t);
     auto h_t = at_step(y, B, T_, H, t);
-    c_t = f.cwiseProduct(c_run) + i.cwiseProduct(g);
-    h_t = o.array() * c_t.array().tanh();
-    if (lengths == nullptr) {
-      h = h_t;
-      c_run = c_t;
-      continue;
+    if (H <= kPacketRowsUpTo) {
+      // One pass over each row, a packet at a time (common.hpp by_packets).
+      for (Index b = 0; b < B; ++b) {
+        T *a_b = a.data() + b * a.outerStride(), *c_b = c_t.data() + b * c_t.outerStride(),
+          *h_b = h_t.data() + b * h_t.outerStride(), *h_run = h.data() + b * H,
+          *c_run_b = c_run.data() + b * H;
+        const bool running = lengths == nullptr;  // else the states are set below
+        by_packets<T>(H, [&](Index j, auto tag, Index n) {
+          cell_step<decltype(tag)::value, T>(n, a_b + j, H, c_run_b + j, c_b + j, h_b + j,
+                                             running ? h_run + j : nullptr, c_run_b + j);
+        });
+      }
+    } else {
+      // The same as a chain of passes over the (B, H) blocks.
+      sigmoid_in_place(a.leftCols(2 * H));        // i, f
+      a.middleCols(2 * H, H) = a.middleCols(2 * H, H).array().tanh().matrix();  // g
+      sigmoid_in_place(a.rightCols(H));           // o
+      const auto i = a.leftCols(H), f = a.middleCols(H, H), g = a.middleCols(2 * H, H),
+                 o = a.rightCols(H);
+      c_t = f.cwiseProduct(c_run) + i.cwiseProduct(g);
+      h_t = o.array() * c_t.array().tanh();
+      if (lengths == nullptr) {
+        h = h_t;
+        c_run = c_t;
+      }
     }
+    if (lengths == nullptr) continue;
     // A finished sequence keeps both states and outputs zeros.
     for (Index b = 0; b < B; ++b) {
       if (is_valid(lengths, b, t)) {
@@ -95,7 +136,7 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
 // and c_prev are the step's rows of gates and c. N elements from each pointer: a packet (N
 // fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
 template <int N, typename T>
-void gate_grads(Index n, T* da_i, T* da_f, T* da_g, T* da_o, T* dc_total, T* dc_prev,
+EIGEN_ALWAYS_INLINE void gate_grads(Index n, T* da_i, T* da_f, T* da_g, T* da_o, T* dc_total, T* dc_prev,
                 const T* gate, Index H, const T* c_t, const T* c_prev, const T* dh_total,
                 const T* dc) {
   using A = Eigen::Array<T, N, 1>;
@@ -125,8 +166,7 @@ template <typename T, typename Da, typename Gates, typename C, typename CPrev>
 void gate_grads_rows(Da&& da, MatrixMap<T> dc_total, const Gates& gates, const C& c_t,
                      const CPrev& c_prev, const MatrixMap<T>& dh_total, MatrixMap<T> dc,
                      bool update_dc) {
-  constexpr int P = Eigen::internal::packet_traits<T>::size;
-  const Index B = dc.rows(), H = dc.cols(), whole = H / P * P;
+  const Index B = dc.rows(), H = dc.cols();
   for (Index b = 0; b < B; ++b) {
     T* da_b = da.data() + b * da.outerStride();
     const T* gate = gates.data() + b * gates.outerStride();
@@ -134,14 +174,12 @@ void gate_grads_rows(Da&& da, MatrixMap<T> dc_total, const Gates& gates, const C
     const T* c_prev_b = c_prev.data() + b * c_prev.outerStride();
     T *dc_total_b = dc_total.data() + b * H, *dc_b = dc.data() + b * H;
     const T* dh_b = dh_total.data() + b * H;
-    auto at = [&](Index j, auto tag, Index n) {
-      constexpr int N = decltype(tag)::value;
-      gate_grads<N, T>(n, da_b + j, da_b + H + j, da_b + 2 * H + j, da_b + 3 * H + j,
-                       dc_total_b + j, update_dc ? dc_b + j : nullptr, gate + j, H, c_b + j,
-                       c_prev_b + j, dh_b + j, dc_b + j);
-    };
-    for (Index j = 0; j < whole; j += P) at(j, std::integral_constant<int, P>(), P);
-    if (whole < H) at(whole, std::integral_constant<int, Eigen::Dynamic>(), H - whole);
+    by_packets<T>(H, [&](Index j, auto tag, Index n) {
+      gate_grads<decltype(tag)::value, T>(
+          n, da_b + j, da_b + H + j, da_b + 2 * H + j, da_b + 3 * H + j, dc_total_b + j,
+          update_dc ? dc_b + j : nullptr, gate + j, H, c_b + j, c_prev_b + j, dh_b + j,
+          dc_b + j);
+    });
   }
 }
 
@@ -173,7 +211,20 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
     auto da = grads.da(t);
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
-    gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dh_total, dc, lengths == nullptr);
+    if (H <= kPacketRowsUpTo) {
+      gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dh_total, dc, lengths == nullptr);
+    } else {  // the same as a chain of passes over the (B, H) blocks
+      const auto i = gt.leftCols(H), g_ = gt.middleCols(2 * H, H), o = gt.rightCols(H);
+      auto da_o = da.rightCols(H);
+      da_o = c_t.array().tanh().matrix();  // tanh(c_t) for now, read by the next two lines
+      dc_total = dc.array() + dh_total.array() * o.array() * (T(1) - da_o.array().square());
+      da_o = dh_total.array() * da_o.array() * o.array() * (T(1) - o.array());
+      da.leftCols(H) = dc_total.array() * g_.array() * i.array() * (T(1) - i.array());
+      da.middleCols(H, H) =
+          dc_total.array() * c_prev.array() * f.array() * (T(1) - f.array());
+      da.middleCols(2 * H, H) = dc_total.array() * i.array() * (T(1) - g_.array().square());
+      if (lengths == nullptr) dc = dc_total.cwiseProduct(f);
+    }
     if (lengths == nullptr) {
       // a_t = ... + h_{t-1} W_hh^T  =>  dh_{t-1} = da_t W_hh
       recurrent.assign(dh, da);

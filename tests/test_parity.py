@@ -31,6 +31,10 @@ CONFIGS = [
     # the input side written 16 steps ahead of the loop, 12 in the last chunk (common.hpp
     # InputSide: steps of <= 16 KiB, arrays of > 1 MiB)
     (2, 1100, 3, 128, 1, "partial", True),
+    # rows of more than 256 units go through chains of Eigen expressions instead of packet
+    # loops (common.hpp kPacketRowsUpTo); 256 is the longest packet row
+    (3, 5, 4, 257, 1, "partial", True),
+    (2, 4, 3, 256, 1, "none", True),
 ]
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
 
