@@ -41,6 +41,30 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
 };
 
+// One sequence's step of forward, N elements from each pointer (see common.hpp by_packets):
+// the row a = [a_r a_z a_in] of the input side, activated in place to [r z n], with ah the
+// recurrent terms h_{t-1} W_hh^T of all three gates and b_hn that of n's bias (nullptr: none);
+// writes a_hn and h_t, and h_run = h_t unless h_run is nullptr (h_run may be h_prev).
+template <int N, typename T>
+EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, const T* ah, Index H, const T* b_hn,
+                                   const T* h_prev, T* a_hn, T* h_t, T* h_run) {
+  using A = Eigen::Array<T, N, 1>;
+  using In = Eigen::Map<const A>;
+  using Out = Eigen::Map<A>;
+  // σ(a) = (1 + tanh(a/2)) / 2, as sigmoid_in_place (common.hpp) has it
+  auto sigmoid = [](const A& v) -> A { return T(0.5) * (T(0.5) * v).tanh() + T(0.5); };
+  const A r = sigmoid(In(a, n) + In(ah, n)), z = sigmoid(In(a + H, n) + In(ah + H, n));
+  const A hn = b_hn != nullptr ? A(In(ah + 2 * H, n) + In(b_hn, n)) : A(In(ah + 2 * H, n));
+  const A n_ = (In(a + 2 * H, n) + r * hn).tanh();
+  const A h = (T(1) - z) * n_ + z * In(h_prev, n);
+  Out(a, n) = r;
+  Out(a + H, n) = z;
+  Out(a + 2 * H, n) = n_;
+  Out(a_hn, n) = hn;
+  Out(h_t, n) = h;
+  if (h_run != nullptr) Out(h_run, n) = h;
+}
+
 // Outputs: y (B, T, H), h_n (B, H), gates (B, T, 3H) the activated r, z, n, a_hn (B, T, H).
 // Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
@@ -61,18 +85,33 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
     auto a_hn_t = at_step(a_hn, B, T_, H, t);
     auto h_t = at_step(y, B, T_, H, t);
     recurrent.assign(ah, h);  // all three gates in one product
-    a.leftCols(2 * H) += ah.leftCols(2 * H);
-    sigmoid_in_place(a.leftCols(2 * H));  // r, z
-    a_hn_t = ah.rightCols(H);
-    if (w.b_hh != nullptr) a_hn_t.rowwise() += ConstRowVectorMap<T>(w.b_hh + 2 * H, H);
-    const auto r = a.leftCols(H), z = a.middleCols(H, H);
-    auto n = a.rightCols(H);
-    n = (n.array() + r.array() * a_hn_t.array()).tanh().matrix();
-    h_t = (T(1) - z.array()) * n.array() + z.array() * h.array();
-    if (lengths == nullptr) {
-      h = h_t;
-      continue;
+    if (H <= kPacketRowsUpTo) {
+      // One pass over each row, a packet at a time (common.hpp by_packets).
+      const T* b_hn = w.b_hh != nullptr ? w.b_hh + 2 * H : nullptr;
+      for (Index b = 0; b < B; ++b) {
+        T *a_b = a.data() + b * a.outerStride(), *h_b = h_t.data() + b * h_t.outerStride(),
+          *a_hn_b = a_hn_t.data() + b * a_hn_t.outerStride(), *h_run = h.data() + b * H;
+        const T* ah_b = ah.data() + b * 3 * H;
+        const bool running = lengths == nullptr;  // else the state is set below
+        by_packets<T>(H, [&](Index j, auto tag, Index n) {
+          cell_step<decltype(tag)::value, T>(n, a_b + j, ah_b + j, H,
+                                             b_hn != nullptr ? b_hn + j : nullptr, h_run + j,
+                                             a_hn_b + j, h_b + j, running ? h_run + j : nullptr);
+        });
+      }
+    } else {
+      // The same as a chain of passes over the (B, H) blocks.
+      a.leftCols(2 * H) += ah.leftCols(2 * H);
+      sigmoid_in_place(a.leftCols(2 * H));  // r, z
+      a_hn_t = ah.rightCols(H);
+      if (w.b_hh != nullptr) a_hn_t.rowwise() += ConstRowVectorMap<T>(w.b_hh + 2 * H, H);
+      const auto r = a.leftCols(H), z = a.middleCols(H, H);
+      auto n = a.rightCols(H);
+      n = (n.array() + r.array() * a_hn_t.array()).tanh().matrix();
+      h_t = (T(1) - z.array()) * n.array() + z.array() * h.array();
+      if (lengths == nullptr) h = h_t;
     }
+    if (lengths == nullptr) continue;
     // A finished sequence keeps its state and outputs zeros.
     for (Index b = 0; b < B; ++b) {
       if (is_valid(lengths, b, t)) {
@@ -102,6 +141,33 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
                     x + b0 * T_ * D, h0 + b0 * H, w, lengths == nullptr ? nullptr : lengths + b0,
                     w_, Dims{b1 - b0, T_, D, H}, nullptr);
   });
+}
+
+// One sequence's step of backward, N elements from each pointer (see common.hpp by_packets):
+// from dL/dh_t (dh_total) and the step's rows of gates ([r z n]) and a_hn, with h_prev =
+// h_{t-1}, to da = [da_r da_z da_in], the gradient of the input side's pre-activations, and
+// dah = [da_r da_z d(a_hn)], that of the recurrent side's.
+template <int N, typename T>
+EIGEN_ALWAYS_INLINE void gate_grads(Index n, T* da, T* dah, Index H, const T* gate,
+                                    const T* a_hn, const T* h_prev, const T* dh_total) {
+  using A = Eigen::Array<T, N, 1>;
+  using In = Eigen::Map<const A>;
+  using Out = Eigen::Map<A>;
+  const In r(gate, n), z(gate + H, n), n_(gate + 2 * H, n), dh(dh_total, n);
+  // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(a_in + r ⊙ a_hn): backprop into n, then
+  // through tanh (written from its output); this is d(a_in).
+  const A da_n = dh * (T(1) - z) * (T(1) - n_.square());
+  // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, z = σ(a_z): backprop into z, then through σ.
+  const A da_z = dh * (In(h_prev, n) - n_) * z * (T(1) - z);
+  // n = tanh(a_in + r ⊙ a_hn), r = σ(a_r): backprop into r, then through σ.
+  const A da_r = da_n * In(a_hn, n) * r * (T(1) - r);
+  Out(da, n) = da_r;
+  Out(da + H, n) = da_z;
+  Out(da + 2 * H, n) = da_n;
+  // r and z see h_{t-1} W_hh^T as they see the input side; n sees it through r ⊙ a_hn.
+  Out(dah, n) = da_r;
+  Out(dah + H, n) = da_z;
+  Out(dah + 2 * H, n) = r * da_n;
 }
 
 // Outputs: dx (B, T, D), dh0 (B, H), g, and opt.norms (B, T) when asked. Inputs: the
@@ -138,22 +204,35 @@ void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, con
     auto da = grads.da(t);
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
-    // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, n = tanh(a_in + r ⊙ a_hn): backprop into n, then
-    // through tanh (written from its output); this is d(a_in).
-    auto da_n = da.rightCols(H);
-    da_n = dh_total.array() * (T(1) - z.array()) * (T(1) - n.array().square());
-    // h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}, z = σ(a_z): backprop into z, then through σ.
-    da.middleCols(H, H) =
-        dh_total.array() * (h_prev.array() - n.array()) * z.array() * (T(1) - z.array());
-    // n = tanh(a_in + r ⊙ a_hn), r = σ(a_r): backprop into r, then through σ.
-    da.leftCols(H) = da_n.array() * a_hn_t.array() * r.array() * (T(1) - r.array());
-    if (lengths != nullptr) {  // a finished sequence gets no gradient at t
-      for (Index b = 0; b < B; ++b)
-        if (!is_valid(lengths, b, t)) da.row(b).setZero();
+    if (H <= kPacketRowsUpTo) {
+      // One pass over each row, a packet at a time (common.hpp by_packets).
+      for (Index b = 0; b < B; ++b) {
+        T *da_b = da.data() + b * da.outerStride(), *dah_b = dah.data() + b * 3 * H;
+        const T *gate = gt.data() + b * gt.outerStride(),
+                *a_hn_b = a_hn_t.data() + b * a_hn_t.outerStride(),
+                *h_prev_b = h_prev.data() + b * h_prev.outerStride(),
+                *dh_b = dh_total.data() + b * H;
+        by_packets<T>(H, [&](Index j, auto tag, Index n) {
+          gate_grads<decltype(tag)::value, T>(n, da_b + j, dah_b + j, H, gate + j, a_hn_b + j,
+                                              h_prev_b + j, dh_b + j);
+        });
+      }
+    } else {  // the same as a chain of passes over the (B, H) blocks
+      auto da_n = da.rightCols(H);
+      da_n = dh_total.array() * (T(1) - z.array()) * (T(1) - n.array().square());
+      da.middleCols(H, H) =
+          dh_total.array() * (h_prev.array() - n.array()) * z.array() * (T(1) - z.array());
+      da.leftCols(H) = da_n.array() * a_hn_t.array() * r.array() * (T(1) - r.array());
+      dah.leftCols(2 * H) = da.leftCols(2 * H);
+      dah.rightCols(H) = r.cwiseProduct(da_n);
     }
-    // r and z see h_{t-1} W_hh^T as they see the input side; n sees it through r ⊙ a_hn.
-    dah.leftCols(2 * H) = da.leftCols(2 * H);
-    dah.rightCols(H) = r.cwiseProduct(da_n);
+    if (lengths != nullptr) {  // a finished sequence gets no gradient at t
+      for (Index b = 0; b < B; ++b) {
+        if (is_valid(lengths, b, t)) continue;
+        da.row(b).setZero();
+        dah.row(b).setZero();
+      }
+    }
     // [a_r a_z a_hn] = ... + h_{t-1} W_hh^T and h_t = ... + z ⊙ h_{t-1}
     //   =>  dh_{t-1} = dah_t W_hh + dh_t ⊙ z
     if (lengths == nullptr) {
