@@ -27,7 +27,8 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
 // h_run and c_run set to them (c_run may be c_prev). N elements from each pointer: a packet (N
 // fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
 template <int N, typename T>
-EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c_t, T* h_t, T* h_run, T* c_run) {
+EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c_t, T* h_t,
+                                   T* h_run, T* c_run) {
   using A = Eigen::Array<T, N, 1>;
   using In = Eigen::Map<const A>;
   using Out = Eigen::Map<A>;
@@ -136,9 +137,9 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
 // and c_prev are the step's rows of gates and c. N elements from each pointer: a packet (N
 // fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
 template <int N, typename T>
-EIGEN_ALWAYS_INLINE void gate_grads(Index n, T* da_i, T* da_f, T* da_g, T* da_o, T* dc_total, T* dc_prev,
-                const T* gate, Index H, const T* c_t, const T* c_prev, const T* dh_total,
-                const T* dc) {
+EIGEN_ALWAYS_INLINE void gate_grads(Index n, T* da_i, T* da_f, T* da_g, T* da_o, T* dc_total,
+                                    T* dc_prev, const T* gate, Index H, const T* c_t,
+                                    const T* c_prev, const T* dh_total, const T* dc) {
   using A = Eigen::Array<T, N, 1>;
   using In = Eigen::Map<const A>;
   using Out = Eigen::Map<A>;
