@@ -54,7 +54,7 @@ std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths,
     rnnfast::lstm::backward<T>(dx.data(), dh0.data(), dc0.data(), g, x.data(), h0.data(),
                                c0.data(), y.data(), gates.data(), c.data(), w, lengths,
                                dy.data(), dh_n.data(), dc_n.data(), opt,
-                               {s, s + B * H, s + 2 * B * H, s + 3 * B * H}, d);
+                               {s, s + B * H, s + 2 * B * H}, d);
   } else if (cell == 'g') {
     rnnfast::gru::forward<T>(y.data(), h_n.data(), gates.data(), a_hn.data(), x.data(),
                              h0.data(), w, lengths, {s}, d);
