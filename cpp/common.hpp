@@ -375,12 +375,18 @@ using ForwardRecurrent = RecurrentProduct<T, true>;  // h_{t-1} W_hh^T
 template <typename T>
 using BackwardRecurrent = RecurrentProduct<T, false>;  // dL/da_t W_hh
 
-// σ(a) = (1 + tanh(a/2)) / 2, in place. Equal to 1 / (1 + exp(-a)), but no intermediate can
-// overflow, so a saturated gate is exactly 0 or 1 and never inf or NaN, in float32 too.
+// σ(a) = (1 + tanh(a/2)) / 2, as an expression, or in place. Equal to 1 / (1 + exp(-a)), but no
+// intermediate can overflow, so a saturated gate is exactly 0 or 1 and never inf or NaN, in
+// float32 too. The one definition for every cell and path.
+template <typename Derived>
+auto sigmoid(const Eigen::ArrayBase<Derived>& a) {
+  using T = typename Derived::Scalar;
+  return T(0.5) * (T(0.5) * a).tanh() + T(0.5);
+}
+
 template <typename Block>
 void sigmoid_in_place(Block&& a) {
-  using T = typename std::decay_t<Block>::Scalar;
-  a = (T(0.5) * (T(0.5) * a.array()).tanh() + T(0.5)).matrix();
+  a = sigmoid(a.array()).matrix();
 }
 
 // Calls step(j, tag, n) over a row of H elements: packets of P, the SIMD width (tag:

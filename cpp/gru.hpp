@@ -51,8 +51,6 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, const T* ah, Index H, const T*
   using A = Eigen::Array<T, N, 1>;
   using In = Eigen::Map<const A>;
   using Out = Eigen::Map<A>;
-  // σ(a) = (1 + tanh(a/2)) / 2, as sigmoid_in_place (common.hpp) has it
-  auto sigmoid = [](const A& v) -> A { return T(0.5) * (T(0.5) * v).tanh() + T(0.5); };
   const A r = sigmoid(In(a, n) + In(ah, n)), z = sigmoid(In(a + H, n) + In(ah + H, n));
   const A hn = b_hn != nullptr ? A(In(ah + 2 * H, n) + In(b_hn, n)) : A(In(ah + 2 * H, n));
   const A n_ = (In(a + 2 * H, n) + r * hn).tanh();

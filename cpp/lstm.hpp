@@ -32,8 +32,6 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c
   using A = Eigen::Array<T, N, 1>;
   using In = Eigen::Map<const A>;
   using Out = Eigen::Map<A>;
-  // σ(a) = (1 + tanh(a/2)) / 2, as sigmoid_in_place (common.hpp) has it
-  auto sigmoid = [](const In& v) -> A { return T(0.5) * (T(0.5) * v).tanh() + T(0.5); };
   const A i = sigmoid(In(a, n)), f = sigmoid(In(a + H, n)), g = In(a + 2 * H, n).tanh(),
           o = sigmoid(In(a + 3 * H, n));
   const A c = f * In(c_prev, n) + i * g;
