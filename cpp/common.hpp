@@ -402,6 +402,14 @@ void sigmoid_in_place(Block&& a) {
 // writing eleven rows at once.
 constexpr Index kPacketRowsUpTo = 256;
 
+// For the lambdas given to by_packets: GCC left the LSTM backward's out of line (a call per
+// packet, its captures reloaded through the stack each time).
+#if defined(__GNUC__)
+#define RNNFAST_INLINE_LAMBDA __attribute__((always_inline))
+#else
+#define RNNFAST_INLINE_LAMBDA
+#endif
+
 template <typename T, typename Step>
 void by_packets(Index H, Step&& step) {
   constexpr int P = Eigen::internal::packet_traits<T>::size;

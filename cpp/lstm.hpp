@@ -173,7 +173,7 @@ void gate_grads_rows(Da&& da, MatrixMap<T> dc_total, const Gates& gates, const C
     const T* c_prev_b = c_prev.data() + b * c_prev.outerStride();
     T *dc_total_b = dc_total.data() + b * H, *dc_b = dc.data() + b * H;
     const T* dh_b = dh_total.data() + b * H;
-    by_packets<T>(H, [&](Index j, auto tag, Index n) {
+    by_packets<T>(H, [&](Index j, auto tag, Index n) RNNFAST_INLINE_LAMBDA {
       gate_grads<decltype(tag)::value, T>(
           n, da_b + j, da_b + H + j, da_b + 2 * H + j, da_b + 3 * H + j, dc_total_b + j,
           update_dc ? dc_b + j : nullptr, gate + j, H, c_b + j, c_prev_b + j, dh_b + j,
