@@ -59,9 +59,11 @@ def main(argv=None):
     new, old = (np.array(times[n]) * 1e3 for n in ("new", "old"))
     ratio = new / old
     total = new.sum(axis=1) / old.sum(axis=1)
-    print(f"{args.cell}, {args.threads} thread(s), (B, T, D, H) = {(B, T, D, H)}, {args.pairs} pairs")
+    print(f"{args.cell}, {args.threads} thread(s), (B, T, D, H) = {(B, T, D, H)}, "
+          f"{args.pairs} pairs")
     for name, t in (("new", new), ("old", old)):
-        print(f"  {name}: forward {np.median(t[:, 0]):.3f} ms, backward {np.median(t[:, 1]):.3f} ms")
+        print(f"  {name}: forward {np.median(t[:, 0]):.3f} ms, "
+              f"backward {np.median(t[:, 1]):.3f} ms")
     print(f"  new / old, median of the pairs: forward {np.median(ratio[:, 0]):.3f}, "
           f"backward {np.median(ratio[:, 1]):.3f}, step {np.median(total):.3f}")
 
