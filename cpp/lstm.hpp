@@ -201,14 +201,15 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
       dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper);
+  StagedSteps<T, 3> staged(B, T_, {gates, c, dy}, {4 * H, H, H});
   for (Index t = T_ - 1; t >= 0; --t) {
-    const auto gt = at_step(gates, B, T_, 4 * H, t);
+    const auto gt = staged.at(0, t);
     const auto f = gt.middleCols(H, H);
-    const auto c_t = at_step(c, B, T_, H, t);
-    const auto c_prev = t > 0 ? at_step(c, B, T_, H, t - 1)
+    const auto c_t = staged.at(1, t);
+    const auto c_prev = t > 0 ? staged.below(1, t - 1)
                               : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
     auto da = grads.da(t);
-    dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
+    dh_total = dh + staged.at(2, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
     if (H <= kPacketRowsUpTo) {
       gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dh_total, dc, lengths == nullptr);

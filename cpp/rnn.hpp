@@ -90,10 +90,11 @@ void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, con
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   WindowGrads<T> grads(d, H, x, y, h0, dx, w, g, helper);
+  StagedSteps<T, 2> staged(B, T_, {y, dy}, {H, H});
   for (Index t = T_ - 1; t >= 0; --t) {
     auto da = grads.da(t);
-    const auto h_t = at_step(y, B, T_, H, t);
-    const auto dy_t = at_step(dy, B, T_, H, t);
+    const auto h_t = staged.at(0, t);
+    const auto dy_t = staged.at(1, t);
     // h_t feeds both the loss at t and step t+1: dL/dh_t = dh + dy_t. The per-step options
     // need it on its own, so then da holds it for a moment; without them it stays fused.
     if (opt.active()) {
