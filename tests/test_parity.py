@@ -39,8 +39,9 @@ CONFIGS = [
     # ceil(T / 2) = 151 and 150 steps (common.hpp WindowGrads::window_steps), every cell
     (1, 301, 3, 64, 1, "full", True),
     # the RNN's and LSTM's backward read a copy of their per-step arrays, made a few steps at a
-    # time (common.hpp StagedSteps: arrays of >= 4 MiB): 13 MiB of LSTM arrays in float32, 21
-    # steps a copy; 4.3 MiB of RNN arrays, 64 steps a copy, the last copy 12 steps
+    # time (common.hpp StagedSteps: arrays of >= 4 MiB). At 1 thread, float32: 13 MiB of LSTM
+    # arrays, 21 steps a copy; 4.3 MiB of RNN arrays, 64 steps a copy, the last 12. At 2
+    # threads (chunks of 4 sequences) the LSTM's in both dtypes and the RNN's in float64
     (8, 1100, 3, 64, 1, "partial", True),
 ]
 TOL = {np.float64: 1e-10, np.float32: 1e-4}
