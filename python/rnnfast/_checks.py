@@ -103,6 +103,44 @@ def positive_int(value, name):
     return int(value)
 
 
+def boolean(value, name):
+    """``value`` as a bool, refusing anything but True and False."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
+
+
+def dropout(value):
+    """The probability of dropping a unit between layers, a float in [0, 1)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.floating,
+                                                                     np.integer)):
+        raise TypeError(f"dropout must be a float in [0, 1), got {type(value).__name__}")
+    value = float(value)
+    if not 0 <= value < 1:
+        raise ValueError(f"dropout must be a float in [0, 1), got {value!r}")
+    return value
+
+
+def collect(errors, check, *args):
+    """``check(*args)``, or None with its TypeError or ValueError appended to ``errors``."""
+    try:
+        return check(*args)
+    except (TypeError, ValueError) as e:
+        errors.append(e)
+        return None
+
+
+def raise_all(errors):
+    """Raise one exception naming every error in ``errors`` (none: return): a TypeError if
+    any of them is one, else a ValueError."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    kind = TypeError if any(isinstance(e, TypeError) for e in errors) else ValueError
+    raise kind(f"{len(errors)} arguments are wrong: " + "; ".join(str(e) for e in errors))
+
+
 def clip_per_step(value):
     """backward's clip_per_step: None (off) -> 0.0, else a positive finite float."""
     if value is None:

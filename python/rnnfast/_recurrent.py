@@ -7,8 +7,15 @@ backward over the whole sequence, on either backend:
 - ``"numpy"``: ``rnnfast.reference``, the readable ground truth.
 
 Letters: B = batch, T = timesteps, D = input features, H = hidden units, L = layers,
-G = gates per cell.
+G = gates per cell, N = directions (2 when bidirectional, else 1).
+
+A direction is one layer call walking time up (forward) or down (reverse); the stack runs the
+N directions of layer k on the same input and joins their outputs along the feature axis,
+forward first, as the input of layer k + 1. States, parameters and per-step norms are indexed
+i = k·N + direction, PyTorch's order.
 """
+
+import warnings
 
 import numpy as np
 
@@ -29,21 +36,23 @@ class ForwardCache:
     ``forward`` (or its converted copy), so do not modify ``x`` in place before ``backward``.
     """
 
-    __slots__ = ("owner", "batch", "steps", "lengths", "layers")
+    __slots__ = ("owner", "batch", "steps", "lengths", "layers", "masks")
 
-    def __init__(self, owner, batch, steps, lengths, layers):
+    def __init__(self, owner, batch, steps, lengths, layers, masks):
         self.owner = owner
         self.batch = batch
         self.steps = steps
         self.lengths = lengths
-        self.layers = layers  # per layer: (x, state0 tuple, y, saved tuple)
+        self.layers = layers  # per layer and direction (i = k·N + d): (x, state0, y, saved)
+        self.masks = masks  # per layer: the dropout mask applied to its output, or None
 
     @property
     def nbytes(self):
         """Bytes of the arrays this cache keeps alive (layer 0's input included)."""
         seen, total = set(), 0
+        masks = [m for m in self.masks if m is not None]
         for x, state0, y, saved in self.layers:
-            for a in (x, y, *state0, *saved):
+            for a in (x, y, *state0, *saved, *masks):
                 if id(a) not in seen:
                     seen.add(id(a))
                     total += a.nbytes
@@ -65,48 +74,81 @@ class Recurrent:
     state_parts = 1  # 1 for h; 2 for the LSTM's (h, c)
     saved_per_step = 0  # floats per (b, t, unit) that a layer saves for backward, beyond y
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, dtype=np.float32,
-                 seed=None, backend="cpp", check_finite=True):
-        self.input_size = _checks.positive_int(input_size, "input_size")
-        self.hidden_size = _checks.positive_int(hidden_size, "hidden_size")
-        self.num_layers = _checks.positive_int(num_layers, "num_layers")
-        if not isinstance(bias, (bool, np.bool_)):
-            raise TypeError(f"bias must be True or False, got {bias!r}")
-        self.bias = bool(bias)
-        self.dtype = _checks.model_dtype(dtype)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 dropout=0.0, dtype=np.float32, seed=None, backend="cpp", check_finite=True,
+                 errors=()):
+        # Every argument is checked before any is refused, so that one error names them all;
+        # ``errors`` brings a subclass's own.
+        errors = list(errors)
+        self.input_size = _checks.collect(errors, _checks.positive_int, input_size, "input_size")
+        self.hidden_size = _checks.collect(errors, _checks.positive_int, hidden_size,
+                                           "hidden_size")
+        self.num_layers = _checks.collect(errors, _checks.positive_int, num_layers, "num_layers")
+        self.bias = _checks.collect(errors, _checks.boolean, bias, "bias")
+        self.bidirectional = _checks.collect(errors, _checks.boolean, bidirectional,
+                                             "bidirectional")
+        self.dropout = _checks.collect(errors, _checks.dropout, dropout)
+        self.dtype = _checks.collect(errors, _checks.model_dtype, dtype)
         if backend not in ("cpp", "numpy"):
-            raise ValueError(f"backend must be 'cpp' or 'numpy', got {backend!r}")
+            errors.append(ValueError(f"backend must be 'cpp' or 'numpy', got {backend!r}"))
+        _checks.raise_all(errors)
+        if self.dropout > 0 and self.num_layers == 1:
+            # As torch.nn: dropout acts between layers, so with one layer it does nothing.
+            warnings.warn(f"dropout={self.dropout} acts between layers and does nothing with "
+                          f"num_layers=1", UserWarning, stacklevel=3)
         self.backend = backend
         self.check_finite = bool(check_finite)
         self.seed = seed
+        self.num_directions = 2 if self.bidirectional else 1
+        self.output_size = self.num_directions * self.hidden_size
         self._token = object()  # identifies this model's caches
         self._zeros = None  # (B, per-layer zero states) kept by _zero_states
         self._param_shapes = self._shapes()  # fixed by the constructor's arguments
-        # Per layer, (name, shape) of each parameter in the order the layer functions take them,
-        # (None, None) for an absent bias; and the names of the gradients a layer returns.
+        # Per layer and direction, (name, shape) of each parameter in the order the layer
+        # functions take them, (None, None) for an absent bias; and the names of the gradients
+        # a layer returns.
         self._layer_specs = tuple(
             tuple((name, self._param_shapes[name]) if name in self._param_shapes
                   else (None, None)
-                  for name in (f"weight_ih_l{k}", f"weight_hh_l{k}", f"bias_ih_l{k}",
-                               f"bias_hh_l{k}"))
-            for k in range(self.num_layers))
+                  for name in (f"weight_ih_l{sfx}", f"weight_hh_l{sfx}", f"bias_ih_l{sfx}",
+                               f"bias_hh_l{sfx}"))
+            for sfx in self._suffixes())
         self._layer_grad_names = tuple(tuple(name for name, _ in spec if name is not None)
                                        for spec in self._layer_specs)
-        self.params = self._init_params(np.random.default_rng(seed))
+        rng = np.random.default_rng(seed)
+        self.params = self._init_params(rng)
+        # Dropout's masks: a generator of their own, seeded from the same seed after the
+        # weights are drawn, so a seed gives the same weights with or without dropout.
+        self._dropout_rng = np.random.default_rng(rng.integers(2**63))
+
+    def _suffixes(self):
+        """Per layer and direction (i = k·N + d), the suffix of its parameters' names."""
+        return tuple(f"{k}{'_reverse' if d else ''}" for k in range(self.num_layers)
+                     for d in range(self.num_directions))
+
+    @property
+    def rng_state(self):
+        """The state of the generator that draws dropout's masks (a JSON-friendly dict), for
+        checkpoints: assign it back to repeat the same masks."""
+        return self._dropout_rng.bit_generator.state
+
+    @rng_state.setter
+    def rng_state(self, state):
+        self._dropout_rng.bit_generator.state = state
 
     # -- parameters -------------------------------------------------------------------------
 
     def _shapes(self):
         """Name -> shape of every parameter, in PyTorch's order."""
-        G, H = self.gates, self.hidden_size
+        G, H, N = self.gates, self.hidden_size, self.num_directions
         shapes = {}
-        for k in range(self.num_layers):
-            D_k = self.input_size if k == 0 else H
-            shapes[f"weight_ih_l{k}"] = (G * H, D_k)
-            shapes[f"weight_hh_l{k}"] = (G * H, H)
+        for i, sfx in enumerate(self._suffixes()):
+            D_k = self.input_size if i < N else N * H  # layer k > 0 reads every direction
+            shapes[f"weight_ih_l{sfx}"] = (G * H, D_k)
+            shapes[f"weight_hh_l{sfx}"] = (G * H, H)
             if self.bias:
-                shapes[f"bias_ih_l{k}"] = (G * H,)
-                shapes[f"bias_hh_l{k}"] = (G * H,)
+                shapes[f"bias_ih_l{sfx}"] = (G * H,)
+                shapes[f"bias_hh_l{sfx}"] = (G * H,)
         return shapes
 
     def _init_params(self, rng):
@@ -159,9 +201,11 @@ class Recurrent:
     # -- state ------------------------------------------------------------------------------
 
     def _layer_states(self, state, B, name):
-        """The user's state (zeros if None), checked, per layer: a tuple of ``state_parts``
-        arrays (B, H)."""
-        L, H, dtype = self.num_layers, self.hidden_size, self.dtype
+        """The user's state (zeros if None), checked, per layer and direction: a tuple of
+        ``state_parts`` arrays (B, H)."""
+        L, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
+        meaning = ("(num_layers, B, H)" if self.num_directions == 1 else
+                   "(2 * num_layers, B, H): bidirectional, two directions per layer")
         if state is None:
             return self._zero_states(B)
         if self.state_parts == 1:
@@ -174,7 +218,7 @@ class Recurrent:
         out = []
         for part, label in zip(parts, labels):
             _checks.check_float_array(part, label, dtype, 3)
-            _checks.expect_shape(part, label, (L, B, H), "(num_layers, B, H)")
+            _checks.expect_shape(part, label, (L, B, H), meaning)
             a = np.ascontiguousarray(part, dtype=dtype)
             if self.check_finite and not all_finite(a.ravel()):
                 _checks.raise_non_finite(a, label)
@@ -182,7 +226,7 @@ class Recurrent:
         return list(zip(*out))  # iterating an (L, B, H) array gives its L views (B, H)
 
     def _zero_states(self, B):
-        """Per layer, a tuple of ``state_parts`` zero arrays (B, H).
+        """Per layer and direction, a tuple of ``state_parts`` zero arrays (B, H).
 
         Made read-only and kept for the next call with the same B when small (the online
         case, where making them anew is a noticeable part of a step): the layer functions only
@@ -191,7 +235,8 @@ class Recurrent:
         kept = self._zeros
         if kept is not None and kept[0] == B:
             return kept[1]
-        zeros = np.zeros((self.num_layers, self.state_parts, B, self.hidden_size), self.dtype)
+        zeros = np.zeros((self.num_layers * self.num_directions, self.state_parts, B,
+                          self.hidden_size), self.dtype)
         zeros.flags.writeable = False
         per_layer = tuple(tuple(layer) for layer in zeros)  # views (B, H) of one array
         if zeros.nbytes <= _KEEP_ZEROS_BYTES:
@@ -199,7 +244,7 @@ class Recurrent:
         return per_layer
 
     def _user_state(self, per_layer):
-        """Per-layer tuples of (B, H) arrays -> the user's form: one (L, B, H) array, or for
+        """Per-layer tuples of (B, H) arrays -> the user's form: one (L·N, B, H) array, or for
         the LSTM the tuple (h, c) of two."""
         if len(per_layer) == 1:
             # Views, not copies: the layer functions return arrays of their own, never an input.
@@ -216,8 +261,9 @@ class Recurrent:
     # -- the public passes ------------------------------------------------------------------
 
     def __call__(self, x, state=None, lengths=None):
-        """Inference: ``y, state = model(x, state=None, lengths=None)``. See ``forward``."""
-        y, state, _ = self.forward(x, state, lengths)
+        """Inference: ``y, state = model(x, state=None, lengths=None)``. See ``forward``; no
+        dropout is applied here, and nothing is kept for backward."""
+        y, state, _ = self._run(x, state, lengths, train=False)
         return y, state
 
     def forward(self, x, state=None, lengths=None):
@@ -227,33 +273,45 @@ class Recurrent:
         ----------
         x : ndarray, shape (B, T, input_size)
             Batch-first inputs, any real floating dtype (converted to the model's dtype).
-        state : ndarray (num_layers, B, hidden_size), or for the LSTM a tuple ``(h, c)`` of
-            two such arrays; optional. The initial state; zeros when None.
+        state : ndarray (num_directions * num_layers, B, hidden_size), or for the LSTM a
+            tuple ``(h, c)`` of two such arrays; optional. The initial state (PyTorch's order:
+            layer 0 forward, layer 0 reverse, layer 1 forward, ...); zeros when None.
         lengths : array-like of ints, shape (B,), optional
             Valid steps of each sequence, in [0, T]. At steps t >= lengths[b] the state of
-            sequence b stays as it was, its output is zero and it receives no gradient.
+            sequence b stays as it was, its output is zero and it receives no gradient. The
+            reverse direction of a sequence starts at its last valid step.
 
         Returns
         -------
-        y : ndarray (B, T, hidden_size)
-            The last layer's outputs.
+        y : ndarray (B, T, num_directions * hidden_size)
+            The last layer's outputs, the forward direction's first.
         state : like ``state``
             Every layer's state after each sequence's last valid step.
         cache : ForwardCache
             For ``backward``.
 
+        This is the training pass: dropout between layers (``dropout`` > 0) is applied here,
+        with masks drawn from the model's seeded generator and kept in the cache.
+
         B = 0 or T = 0 are allowed: y is empty, and with T = 0 the state is returned unchanged.
         """
-        dtype, L, H = self.dtype, self.num_layers, self.hidden_size
+        return self._run(x, state, lengths, train=True)
+
+    def _run(self, x, state, lengths, train):
+        dtype, L, H, N = self.dtype, self.num_layers, self.hidden_size, self.num_directions
         _checks.check_float_array(x, "x", dtype, 3)
         B, T, D = x.shape
         if D != self.input_size:
             raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
                              f"{self.input_size}, got {_checks.shape_str(x.shape)}")
-        # Before anything is allocated, converting x included.
+        # Before anything is allocated, converting x included: per layer, the directions'
+        # outputs and saved values and their joined output (and its dropout mask).
+        per_layer = N * H * (1 + self.saved_per_step) + (N * H if N > 1 else 0) \
+            + (N * H if train and self.dropout > 0 else 0)
         _checks.check_allocation(
-            B * T * (D + L * H * (1 + self.saved_per_step)) * dtype.itemsize,
-            lambda: f"forward over B={B}, T={T} with hidden_size={H}, num_layers={L}")
+            B * T * (D + L * per_layer) * dtype.itemsize,
+            lambda: f"forward over B={B}, T={T} with hidden_size={H}, num_layers={L}"
+                    f"{', bidirectional' if N > 1 else ''}")
         x = np.ascontiguousarray(x, dtype=dtype)
         # x is now of the model's dtype in C order, what all_finite takes: called directly,
         # without check_finite's wrapper, since at online the check is held under 2 % of a step.
@@ -264,15 +322,31 @@ class Recurrent:
         layer_params = self._layer_params()
 
         layer_forward = self._layer_forward
-        finals, layers = [], []
+        finals, layers, masks = [], [], []
         inp = x
-        for s0, p in zip(states, layer_params):
-            y, s_n, saved = layer_forward(inp, s0, p, lengths)
-            finals.append(s_n)
-            layers.append((inp, s0, y, saved))
+        for k in range(L):
+            outs = []
+            for d in range(N):
+                i = k * N + d
+                y, s_n, saved = layer_forward(inp, states[i], layer_params[i], lengths, d == 1)
+                finals.append(s_n)
+                layers.append((inp, states[i], y, saved))
+                outs.append(y)
+            y = outs[0] if N == 1 else np.concatenate(outs, axis=2)
+            mask = None
+            if train and self.dropout > 0 and k < L - 1:
+                mask = self._dropout_mask(y.shape)
+                y = y * mask
+            masks.append(mask)
             inp = y
-        cache = ForwardCache(self._token, B, T, lengths, layers)
+        cache = ForwardCache(self._token, B, T, lengths, layers, masks)
         return inp, self._user_state(finals), cache
+
+    def _dropout_mask(self, shape):
+        """Inverted dropout, as torch.nn: each element kept with probability 1 - p and then
+        scaled by 1 / (1 - p), so that inference needs no scaling."""
+        keep = 1.0 - self.dropout
+        return (self._dropout_rng.random(shape) < keep).astype(self.dtype) / self.dtype.type(keep)
 
     def backward(self, cache, dy, dstate=None, *, clip_per_step=None, return_grad_norms=False,
                  check_finite=None):
@@ -282,7 +356,7 @@ class Recurrent:
         ----------
         cache : ForwardCache
             From this model's ``forward``.
-        dy : ndarray (B, T, hidden_size)
+        dy : ndarray (B, T, num_directions * hidden_size)
             Gradient of the loss with respect to ``y``. Entries past a sequence's length are
             ignored.
         dstate : like the state, optional
@@ -314,8 +388,9 @@ class Recurrent:
             Gradient with respect to the initial state.
         grads : dict
             Same keys and shapes as ``params``.
-        grad_norms : ndarray (num_layers, T), only with ``return_grad_norms=True``
-            ``grad_norms[k, t]``: the L2 norm over the H units of dL/dh_t at layer k (the
+        grad_norms : ndarray (num_directions * num_layers, T), only with
+            ``return_grad_norms=True``, rows in the state's order.
+            ``grad_norms[i, t]``: the L2 norm over the H units of dL/dh_t at layer i (the
             total gradient reaching h_t, as clipped by ``clip_per_step``, before that
             step's own clipping), averaged over the sequences still running at step t
             (t < lengths[b]); 0 at a step where none is. In the model's dtype.
@@ -331,26 +406,36 @@ class Recurrent:
         B, T = cache.batch, cache.steps
         check = self.check_finite if check_finite is None else bool(check_finite)
         _checks.check_float_array(dy, "dy", self.dtype, 3)
-        _checks.expect_shape(dy, "dy", (B, T, self.hidden_size), "(B, T, hidden_size)")
+        _checks.expect_shape(dy, "dy", (B, T, self.output_size),
+                             "(B, T, num_directions * hidden_size)")
         dy = np.ascontiguousarray(dy, dtype=self.dtype)  # converted once its shape is right
         if check and not all_finite(dy.ravel()):  # dy converted as x in forward
             _checks.raise_non_finite(dy, "dy")
         dstates = self._layer_states(dstate, B, "dstate")
         layer_params = self._layer_params()
 
-        L = self.num_layers
-        dstate0 = [None] * L
-        layer_grads = [None] * L
-        norms = np.zeros((L, T), self.dtype) if grad_norms else None  # (L, T)
+        L, N, H = self.num_layers, self.num_directions, self.hidden_size
+        dstate0 = [None] * (L * N)
+        layer_grads = [None] * (L * N)
+        norms = np.zeros((L * N, T), self.dtype) if grad_norms else None  # (L·N, T)
         step = {"clip_per_step": clip, "grad_norms": grad_norms}
         layer_backward, lengths = self._layer_backward, cache.lengths
         d_out = dy
         for k in reversed(range(L)):
-            x, s0, y, saved = cache.layers[k]
-            d_out, dstate0[k], layer_grads[k], *layer_norms = layer_backward(
-                x, s0, y, saved, layer_params[k], lengths, d_out, dstates[k], step)
-            if grad_norms:
-                norms[k] = _mean_over_sequences(layer_norms[0], lengths)
+            if cache.masks[k] is not None:
+                d_out = d_out * cache.masks[k]  # y = y_k ⊙ mask
+            d_in = None
+            for d in range(N):
+                i = k * N + d
+                x, s0, y, saved = cache.layers[i]
+                # y = [y_forward y_reverse] along features: each direction gets its half
+                dy_d = d_out if N == 1 else np.ascontiguousarray(d_out[:, :, d * H:(d + 1) * H])
+                dx, dstate0[i], layer_grads[i], *layer_norms = layer_backward(
+                    x, s0, y, saved, layer_params[i], lengths, dy_d, dstates[i], step, d == 1)
+                d_in = dx if d_in is None else d_in + dx  # both directions read the same x
+                if grad_norms:
+                    norms[i] = _mean_over_sequences(layer_norms[0], lengths)
+            d_out = d_in
         grads = {}  # in the order of params; zip drops the biases' None without bias
         for names, g in zip(self._layer_grad_names, layer_grads):
             grads.update(zip(names, g))
@@ -360,13 +445,14 @@ class Recurrent:
 
     # -- what a cell supplies ---------------------------------------------------------------
 
-    def _layer_forward(self, x, state0, p, lengths):
-        """One layer: returns (y, final state tuple, saved tuple). ``p`` is the layer's
-        ``(weight_ih, weight_hh, bias_ih, bias_hh)``."""
+    def _layer_forward(self, x, state0, p, lengths, reverse):
+        """One layer in one direction (``reverse``: walking time down): returns (y, final
+        state tuple, saved tuple). ``p`` is the layer's ``(weight_ih, weight_hh, bias_ih,
+        bias_hh)``."""
         raise NotImplementedError
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
-        """One layer: returns (dx, dstate0 tuple, the tuple of the four parameter gradients
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+        """One layer in one direction: returns (dx, dstate0 tuple, the tuple of the four parameter gradients
         (dweight_ih, dweight_hh, dbias_ih, dbias_hh), the biases' None without bias), and the
         (B, T) norms of dL/dh_t last when ``step["grad_norms"]``. ``step`` holds the backward
         functions' ``clip_per_step`` (0 for off) and ``grad_norms``, to be passed by position
@@ -384,7 +470,8 @@ class Recurrent:
         """The constructor's arguments (JSON-friendly), enough to build the same model."""
         return {"class": type(self).__name__, "input_size": self.input_size,
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
-                "bias": self.bias, "dtype": self.dtype.name, "backend": self.backend,
+                "bias": self.bias, "bidirectional": self.bidirectional,
+                "dropout": self.dropout, "dtype": self.dtype.name, "backend": self.backend,
                 "check_finite": self.check_finite, **self._config_extra()}
 
     def _config_extra(self):
@@ -392,6 +479,10 @@ class Recurrent:
 
     def __repr__(self):
         extra = "" if self.bias else ", bias=False"
+        if self.bidirectional:
+            extra += ", bidirectional=True"
+        if self.dropout:
+            extra += f", dropout={self.dropout}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{self._repr_extra()}{extra}, "
                 f"dtype=np.{self.dtype.name}, backend={self.backend!r})")

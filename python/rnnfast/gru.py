@@ -69,20 +69,20 @@ class GRU(Recurrent):
     state_parts = 1
     saved_per_step = 4  # the activated r, z, n and W_hn h_{t-1} + b_hn
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, dtype=np.float32,
-                 seed=None, backend="cpp", check_finite=True):
-        super().__init__(input_size, hidden_size, num_layers, bias, dtype, seed, backend,
-                         check_finite)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 dropout=0.0, dtype=np.float32, seed=None, backend="cpp", check_finite=True):
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
+                         dtype, seed, backend, check_finite)
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.gru_forward, impl.gru_backward
 
-    def _layer_forward(self, x, state0, p, lengths):
-        y, h_n, gates, a_hn = self._forward_fn(x, state0[0], *p, lengths)
+    def _layer_forward(self, x, state0, p, lengths, reverse):
+        y, h_n, gates, a_hn = self._forward_fn(x, state0[0], *p, lengths, reverse)
         return y, (h_n,), (gates, a_hn)
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         gates, a_hn = saved
         dx, dh0, *grads = self._backward_fn(
             x, state0[0], y, gates, a_hn, *p, lengths, dy, dstate_n[0], step["clip_per_step"],
-            step["grad_norms"])
+            step["grad_norms"], reverse)
         return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

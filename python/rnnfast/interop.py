@@ -32,7 +32,7 @@ _MODES = {
 
 # Attributes of torch's recurrent modules that rnnfast has no counterpart for yet, with the
 # value that means "off".
-_UNSUPPORTED = (("bidirectional", False), ("proj_size", 0), ("dropout", 0))
+_UNSUPPORTED = (("proj_size", 0),)
 
 
 def _torch(what):
@@ -97,7 +97,9 @@ def from_torch(module, backend="cpp"):
     ----------
     module : torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU
         Any ``num_layers``, ``bias`` on or off, ``nonlinearity`` tanh or relu for the RNN,
-        ``batch_first`` either way. Its parameters must all be float32 or all float64 (on any
+        ``batch_first`` either way, ``bidirectional`` either way, any ``dropout`` (applied by
+        the rnnfast model's ``forward``, as by torch's in ``train()`` mode; never by its
+        inference call, as torch's in ``eval()`` mode). Its parameters must all be float32 or all float64 (on any
         device; they are copied to the CPU); the rnnfast model takes that dtype.
     backend : {"cpp", "numpy"}, default "cpp"
         The rnnfast model's backend.
@@ -107,7 +109,8 @@ def from_torch(module, backend="cpp"):
     rnnfast.RNN, rnnfast.LSTM or rnnfast.GRU
         Computing the same function. rnnfast models are always batch-first: inputs are
         (B, T, D) even when ``module.batch_first`` is False (where torch takes (T, B, D)).
-        The state is (num_layers, B, H) in both, and ``(h, c)`` for the LSTM.
+        The state is (num_directions * num_layers, B, H) in both, in the same order, and
+        ``(h, c)`` for the LSTM. Dropout's masks are rnnfast's own draws, not torch's.
 
     Raises
     ------
@@ -117,8 +120,7 @@ def from_torch(module, backend="cpp"):
         When ``module`` is not one of the three torch modules (for ``torch.nn.Linear`` use
         ``rnnfast.Linear.from_torch``), or its parameters are not float32 or float64.
     ValueError
-        When it has ``bidirectional=True``, ``proj_size > 0`` or ``dropout > 0``, which
-        rnnfast does not support yet.
+        When it has ``proj_size > 0``, which rnnfast does not support yet.
 
     Notes
     -----
@@ -135,17 +137,18 @@ def from_torch(module, backend="cpp"):
             or getattr(module, "mode", None) not in _MODES:
         raise TypeError(f"from_torch takes a torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got "
                         f"{type(module).__module__}.{type(module).__qualname__}")
-    for attr, off in _UNSUPPORTED:
-        value = getattr(module, attr)
-        if value != off:
-            raise ValueError(f"the module has {attr}={value!r}, which rnnfast does not support "
-                             f"yet; only {attr}={off!r} can be converted")
+    unsupported = [f"{attr}={getattr(module, attr)!r}" for attr, off in _UNSUPPORTED
+                   if getattr(module, attr) != off]
+    if unsupported:
+        raise ValueError(f"the module has {', '.join(unsupported)}, which rnnfast does not "
+                         f"support yet")
     dtype = _module_dtype(torch, module, f"torch.nn.{type(module).__name__}")
 
     name, extra = _MODES[module.mode]
     cls = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}[name]
     model = cls(module.input_size, module.hidden_size, num_layers=module.num_layers,
-                bias=bool(module.bias), dtype=dtype, backend=backend, **extra)
+                bias=bool(module.bias), bidirectional=bool(module.bidirectional),
+                dropout=float(module.dropout), dtype=dtype, backend=backend, **extra)
     _copy_in(model.params, module, list(model.params))
     return model
 
@@ -155,6 +158,7 @@ def recurrent_to_torch(model):
     torch = _torch(f"{type(model).__name__}.to_torch")
     model._layer_params()  # refuses params of the wrong shape or dtype, naming them
     kw = {"num_layers": model.num_layers, "bias": model.bias, "batch_first": True,
+          "bidirectional": model.bidirectional, "dropout": model.dropout,
           "dtype": _torch_dtypes(torch)[model.dtype]}
     if isinstance(model, RNN):
         cls, kw["nonlinearity"] = torch.nn.RNN, model.nonlinearity

@@ -68,21 +68,21 @@ class LSTM(Recurrent):
     state_parts = 2
     saved_per_step = 5  # the activated i, f, g, o and c_t
 
-    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, dtype=np.float32,
-                 seed=None, backend="cpp", check_finite=True):
-        super().__init__(input_size, hidden_size, num_layers, bias, dtype, seed, backend,
-                         check_finite)
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
+                 dropout=0.0, dtype=np.float32, seed=None, backend="cpp", check_finite=True):
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
+                         dtype, seed, backend, check_finite)
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.lstm_forward, impl.lstm_backward
 
-    def _layer_forward(self, x, state0, p, lengths):
+    def _layer_forward(self, x, state0, p, lengths, reverse):
         h0, c0 = state0
-        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, *p, lengths)
+        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, *p, lengths, reverse)
         return y, (h_n, c_n), (gates, c)
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         (h0, c0), (gates, c), (dh_n, dc_n) = state0, saved, dstate_n
         dx, dh0, dc0, *grads = self._backward_fn(
             x, h0, c0, y, gates, c, *p, lengths, dy, dh_n, dc_n, step["clip_per_step"],
-            step["grad_norms"])
+            step["grad_norms"], reverse)
         return dx, (dh0, dc0), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

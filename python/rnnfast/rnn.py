@@ -59,23 +59,26 @@ class RNN(Recurrent):
     saved_per_step = 0  # backward works from the outputs alone
 
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", bias=True,
-                 dtype=np.float32, seed=None, backend="cpp", check_finite=True):
+                 bidirectional=False, dropout=0.0, dtype=np.float32, seed=None, backend="cpp",
+                 check_finite=True):
+        errors = []
         if nonlinearity not in ("tanh", "relu"):
-            raise ValueError(f"nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+            errors.append(ValueError(f"nonlinearity must be 'tanh' or 'relu', got "
+                                     f"{nonlinearity!r}"))
         self.nonlinearity = nonlinearity
-        super().__init__(input_size, hidden_size, num_layers, bias, dtype, seed, backend,
-                         check_finite)
+        super().__init__(input_size, hidden_size, num_layers, bias, bidirectional, dropout,
+                         dtype, seed, backend, check_finite, errors)
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.rnn_forward, impl.rnn_backward
 
-    def _layer_forward(self, x, state0, p, lengths):
-        y, h_n = self._forward_fn(x, state0[0], *p, lengths, self.nonlinearity)
+    def _layer_forward(self, x, state0, p, lengths, reverse):
+        y, h_n = self._forward_fn(x, state0[0], *p, lengths, self.nonlinearity, reverse)
         return y, (h_n,), ()
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step):
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         dx, dh0, *grads = self._backward_fn(
             x, state0[0], y, *p, lengths, self.nonlinearity, dy, dstate_n[0],
-            step["clip_per_step"], step["grad_norms"])
+            step["clip_per_step"], step["grad_norms"], reverse)
         return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for
 
     def _config_extra(self):

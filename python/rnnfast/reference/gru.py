@@ -9,16 +9,17 @@ The reset gate multiplies ``W_hn h + b_hn``, as in PyTorch and cuDNN, not h befo
 Cho et al. (2014). Shapes: x (B, T, D), h0 (B, H), weight_ih (3H, D), weight_hh (3H, H),
 biases (3H,) or None, lengths (B,) integers or None. Gate order is PyTorch's (r, z, n).
 Written for clarity, one timestep at a time; the functions take and return exactly what
-``rnnfast._core.gru_forward`` / ``gru_backward`` do.
+``rnnfast._core.gru_forward`` / ``gru_backward`` do. ``reverse=True`` walks time the other way
+(see ``rnn``).
 """
 
 import numpy as np
 
 from .lstm import _sigmoid
-from .rnn import _check_clip, _step_options, _valid
+from .rnn import _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
 
 
-def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False):
     """Run one layer over the sequence.
 
     Returns ``(y, h_n, gates, a_hn)``: y (B, T, H) the outputs, zero past each sequence's
@@ -32,7 +33,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
     gates = np.zeros((B, T, 3 * H), dtype=x.dtype)
     a_hn_all = np.zeros((B, T, H), dtype=x.dtype)
     h = h0.copy()
-    for t in range(T):
+    for t in _walk(T, reverse):
         ax = x[:, t] @ weight_ih.T  # input side of all three gates
         ah = h @ weight_hh.T  # recurrent side of all three gates
         if bias_ih is not None:
@@ -53,8 +54,8 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
 
 
 def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, lengths, dy,
-                 dh_n, clip_per_step=0.0, grad_norms=False):
-    """Backpropagate through time, from t = T-1 down to 0.
+                 dh_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+    """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y``, ``gates`` and ``a_hn`` are what ``gru_forward`` returned; ``dy`` (B, T, H) and
     ``dh_n`` (B, H) are the gradients of the loss with respect to the outputs and the final
@@ -76,10 +77,10 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
     dbias_ih = np.zeros(weight_ih.shape[0], dtype=x.dtype)
     dbias_hh = np.zeros(weight_hh.shape[0], dtype=x.dtype)
     dh = dh_n.copy()  # dL/dh_t, carried backwards in time
-    for t in reversed(range(T)):
+    for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
         r, z, n = np.split(gates[:, t], 3, axis=1)
-        h_prev = y[:, t - 1] if t > 0 else h0  # on a valid step the previous one was valid too
+        h_prev = _state_before(y, h0, lengths, t, reverse)
         dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
         dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)
         # h_t = (1 - z) * n + z * h_{t-1}

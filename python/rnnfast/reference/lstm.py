@@ -7,15 +7,16 @@
 Shapes: x (B, T, D), h0 and c0 (B, H), weight_ih (4H, D), weight_hh (4H, H), biases (4H,) or
 None, lengths (B,) integers or None. Gate order is PyTorch's (i, f, g, o). Written for clarity,
 one timestep at a time; the functions take and return exactly what
-``rnnfast._core.lstm_forward`` / ``lstm_backward`` do.
+``rnnfast._core.lstm_forward`` / ``lstm_backward`` do. ``reverse=True`` walks time the other
+way (see ``rnn``).
 """
 
 import numpy as np
 
-from .rnn import _check_clip, _step_options, _valid
+from .rnn import _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
 
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False):
     """Run one layer over the sequence.
 
     Returns ``(y, h_n, c_n, gates, c)``: y (B, T, H) the outputs, zero past each sequence's
@@ -29,7 +30,7 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
     gates = np.zeros((B, T, 4 * H), dtype=x.dtype)
     c_all = np.zeros((B, T, H), dtype=x.dtype)
     h, c = h0.copy(), c0.copy()
-    for t in range(T):
+    for t in _walk(T, reverse):
         a = x[:, t] @ weight_ih.T + h @ weight_hh.T  # pre-activations of all four gates
         if bias_ih is not None:
             a = a + bias_ih + bias_hh
@@ -47,8 +48,8 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths):
 
 
 def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                  dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False):
-    """Backpropagate through time, from t = T-1 down to 0.
+                  dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+    """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y``, ``gates`` and ``c`` are what ``lstm_forward`` returned; ``dy`` (B, T, H), ``dh_n``
     and ``dc_n`` (B, H) are the gradients of the loss with respect to the outputs and the final
@@ -68,12 +69,11 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
     dweight_hh = np.zeros_like(weight_hh)
     dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
     dh, dc = dh_n.copy(), dc_n.copy()  # dL/dh_t and dL/dc_t, carried backwards in time
-    for t in reversed(range(T)):
+    for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
         i, f, g, o = np.split(gates[:, t], 4, axis=1)
-        # on a valid step the previous one was valid too, so its saved h and c are the states
-        h_prev = y[:, t - 1] if t > 0 else h0
-        c_prev = c[:, t - 1] if t > 0 else c0
+        h_prev = _state_before(y, h0, lengths, t, reverse)
+        c_prev = _state_before(c, c0, lengths, t, reverse)
         tanh_c = np.tanh(c[:, t])
         dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
         dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)  # dc: not clipped

@@ -5,12 +5,18 @@
 Shapes: x (B, T, D), h0 (B, H), weight_ih (H, D), weight_hh (H, H), biases (H,) or None,
 lengths (B,) integers or None. Written for clarity, one timestep at a time; the functions take
 and return exactly what ``rnnfast._core.rnn_forward`` / ``rnn_backward`` do.
+
+``reverse=True`` walks time the other way, as the reverse direction of PyTorch's bidirectional
+layers: step t follows step t+1, and sequence b starts at its last valid step, lengths[b] - 1,
+from the initial state; its final state is the state after step 0. Outputs stay where their
+step is (y[:, t] is the output of step t).
 """
 
 import numpy as np
 
 
-def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity):
+def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
+                reverse=False):
     """Run one layer over the sequence.
 
     Returns ``(y, h_n)``: y (B, T, H) the outputs, zero past each sequence's length, and
@@ -21,7 +27,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinea
     f = np.tanh if nonlinearity == "tanh" else (lambda a: np.maximum(a, 0))
     y = np.zeros((B, T, H), dtype=x.dtype)
     h = h0.copy()
-    for t in range(T):
+    for t in _walk(T, reverse):
         a = x[:, t] @ weight_ih.T + h @ weight_hh.T  # pre-activation
         if bias_ih is not None:
             a = a + bias_ih + bias_hh
@@ -33,8 +39,8 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinea
 
 
 def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                 dy, dh_n, clip_per_step=0.0, grad_norms=False):
-    """Backpropagate through time, from t = T-1 down to 0.
+                 dy, dh_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+    """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y`` is what ``rnn_forward`` returned; ``dy`` (B, T, H) and ``dh_n`` (B, H) are the
     gradients of the loss with respect to the outputs and the final state.
@@ -53,10 +59,10 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
     dweight_hh = np.zeros_like(weight_hh)
     dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
     dh = dh_n.copy()  # dL/dh_t, carried backwards in time
-    for t in reversed(range(T)):
+    for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
         h_t = y[:, t]
-        h_prev = y[:, t - 1] if t > 0 else h0  # on a valid step the previous one was valid too
+        h_prev = _state_before(y, h0, lengths, t, reverse)
         dh_total = dh + dy[:, t]  # the state feeds both the loss at t and the step t+1
         dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)
         if nonlinearity == "tanh":
@@ -74,6 +80,27 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
     else:
         out = (dx, dh, dweight_ih, dweight_hh, dbias, dbias.copy())
     return out + (norms,) if grad_norms else out
+
+
+def _walk(T, reverse):
+    """The order in which forward visits the steps."""
+    return reversed(range(T)) if reverse else range(T)
+
+
+def _walk_back(T, reverse):
+    """The order in which backward visits the steps: forward's, reversed."""
+    return range(T) if reverse else reversed(range(T))
+
+
+def _state_before(saved, initial, lengths, t, reverse):
+    """(B, H): the state step t started from. That is the state saved by the step walked just
+    before it (t-1; t+1 with ``reverse``) where that step ran, else the initial state: at the
+    first step, and, with ``reverse``, at a sequence's last valid step."""
+    B, T = saved.shape[:2]
+    before = t + 1 if reverse else t - 1
+    if not 0 <= before < T:
+        return initial
+    return np.where(_valid(lengths, B, before), saved[:, before], initial)
 
 
 def _valid(lengths, B, t):
