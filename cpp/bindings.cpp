@@ -34,6 +34,11 @@ namespace {
   "grad_norms=True a last item is appended: norms (B, T), each sequence's ||dL/dh_t|| before " \
   "clipping, 0 past its length."
 
+#define REVERSE_DOC                                                                           \
+  "reverse=True walks time down, as the reverse direction of a bidirectional layer: each "   \
+  "sequence starts at its last valid step from the initial state; y[:, t] stays step t's "   \
+  "output. backward takes the same reverse as the forward it follows."
+
 std::string shape_str(const std::vector<py::ssize_t>& s) {
   std::ostringstream os;
   os << "(";
@@ -165,7 +170,7 @@ template <typename T>
 py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                      const std::string& nonlinearity) {
+                      const std::string& nonlinearity, bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
@@ -179,7 +184,7 @@ py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   const T* h0_p = h0.data();
   {
     py::gil_scoped_release release;
-    rnn::forward<T>(y_p, h_n_p, x_p, h0_p, w, l, f, d);
+    rnn::forward<T>(y_p, h_n_p, x_p, h0_p, w, l, f, reverse, d);
   }
   return py::make_tuple(y, h_n);
 }
@@ -190,7 +195,7 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                        const std::optional<Lengths>& lengths, const std::string& nonlinearity,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms) {
+                       bool grad_norms, bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -221,7 +226,7 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
           *dh_n_p = dh_n.data();
   {
     py::gil_scoped_release release;
-    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, ws, d);
+    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, reverse, ws, d);
   }
   py::object none = py::none();
   return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
@@ -235,13 +240,14 @@ void def_rnn(py::module_& m) {
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("nonlinearity"),
-        "One RNN layer over the whole sequence. Returns (y (B, T, H), h_n (B, H)).");
+        py::arg("reverse") = false,
+        "One RNN layer over the whole sequence. Returns (y (B, T, H), h_n (B, H)). " REVERSE_DOC);
   m.def("rnn_backward", &rnn_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("y").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
         "Backpropagation through time for one RNN layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
@@ -251,7 +257,7 @@ template <typename T>
 py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
                        const Array<T>& w_ih, const Array<T>& w_hh,
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
-                       const std::optional<Lengths>& lengths) {
+                       const std::optional<Lengths>& lengths, bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -267,7 +273,7 @@ py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data();
   {
     py::gil_scoped_release release;
-    lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l, d);
+    lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l, reverse, d);
   }
   return py::make_tuple(y, h_n, c_n, gates, c);
 }
@@ -279,7 +285,7 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
                         const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                         const std::optional<Lengths>& lengths, const Array<T>& dy,
                         const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
-                        bool grad_norms) {
+                        bool grad_norms, bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -303,13 +309,16 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  Buffer<T> steps(static_cast<size_t>(3 * d.B * d.H));  // the three (B, H) buffers
+  // The (B, H) buffers; the fourth only where a reverse walk with lengths may need it.
+  const bool mixed_prev = reverse && l != nullptr;
+  Buffer<T> steps(static_cast<size_t>((mixed_prev ? 4 : 3) * d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
   const Index BH = d.B * d.H;
-  const lstm::Workspace<T> ws{steps.data(), steps.data() + BH, steps.data() + 2 * BH};
+  const lstm::Workspace<T> ws{steps.data(), steps.data() + BH, steps.data() + 2 * BH,
+                              mixed_prev ? steps.data() + 3 * BH : nullptr};
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
           *gates_p = gates.data(), *c_p = c.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data(),
@@ -317,7 +326,7 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   {
     py::gil_scoped_release release;
     lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l, dy_p,
-                      dh_n_p, dc_n_p, opt, ws, d);
+                      dh_n_p, dc_n_p, opt, reverse, ws, d);
   }
   py::object none = py::none();
   return with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh,
@@ -332,15 +341,17 @@ void def_lstm(py::module_& m) {
         py::arg("c0").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
+        py::arg("reverse") = false,
         "One LSTM layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), c_n (B, H), "
-        "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward.");
+        "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward. "
+        REVERSE_DOC);
   m.def("lstm_backward", &lstm_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("c0").noconvert(), py::arg("y").noconvert(), py::arg("gates").noconvert(),
         py::arg("c").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
         "Backpropagation through time for one LSTM layer. "
         "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are "
         "None when the layer has none. " STEP_OPTIONS_DOC " The cell path dc is not clipped.");
@@ -349,7 +360,8 @@ void def_lstm(py::module_& m) {
 template <typename T>
 py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
-                      const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths) {
+                      const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
+                      bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
@@ -365,7 +377,7 @@ py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   const T *x_p = x.data(), *h0_p = h0.data();
   {
     py::gil_scoped_release release;
-    gru::forward<T>(y_p, h_n_p, gates_p, a_hn_p, x_p, h0_p, w, l, ws, d);
+    gru::forward<T>(y_p, h_n_p, gates_p, a_hn_p, x_p, h0_p, w, l, reverse, ws, d);
   }
   return py::make_tuple(y, h_n, gates, a_hn);
 }
@@ -376,7 +388,7 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                        const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms) {
+                       bool grad_norms, bool reverse) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -398,19 +410,22 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   Buffer<T> dah(static_cast<size_t>(d.B * GH));
-  Buffer<T> steps(static_cast<size_t>(2 * d.B * d.H));  // dh_total, dh_prev
+  // dh_total, dh_prev, and h_prev only where a reverse walk with lengths may need it
+  const bool mixed_prev = reverse && l != nullptr;
+  Buffer<T> steps(static_cast<size_t>((mixed_prev ? 3 : 2) * d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
-  const gru::Workspace<T> ws{dah.data(), steps.data(), steps.data() + d.B * d.H};
+  const gru::Workspace<T> ws{dah.data(), steps.data(), steps.data() + d.B * d.H,
+                             mixed_prev ? steps.data() + 2 * d.B * d.H : nullptr};
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *y_p = y.data(), *gates_p = gates.data(),
           *a_hn_p = a_hn.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data();
   {
     py::gil_scoped_release release;
     gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p,
-                     opt, ws, d);
+                     opt, reverse, ws, d);
   }
   py::object none = py::none();
   return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
@@ -423,17 +438,17 @@ void def_gru(py::module_& m) {
   m.def("gru_forward", &gru_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
-        py::arg("lengths").noconvert().none(true),
+        py::arg("lengths").noconvert().none(true), py::arg("reverse") = false,
         "One GRU layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), "
         "gates (B, T, 3H), a_hn (B, T, H)); gates (activated r, z, n) and a_hn "
-        "(W_hn h_{t-1} + b_hn) are for backward.");
+        "(W_hn h_{t-1} + b_hn) are for backward. " REVERSE_DOC);
   m.def("gru_backward", &gru_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("y").noconvert(), py::arg("gates").noconvert(), py::arg("a_hn").noconvert(),
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("dy").noconvert(),
         py::arg("dh_n").noconvert(), py::arg("clip_per_step") = 0.0,
-        py::arg("grad_norms") = false,
+        py::arg("grad_norms") = false, py::arg("reverse") = false,
         "Backpropagation through time for one GRU layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);

@@ -64,6 +64,41 @@ inline bool is_valid(const std::int64_t* lengths, Index b, Index t) {
   return lengths == nullptr || t < lengths[b];
 }
 
+// Which way a layer walks time. Forward: t = 0, 1, ..., T - 1, each step starting from the
+// state after step t - 1. Reverse (the second direction of a bidirectional layer): t = T - 1
+// down to 0, each step starting from the state after step t + 1, and sequence b starting at its
+// last valid step, lengths[b] - 1, from h0 (PyTorch's packed sequences). Either way a sequence
+// is running at step t exactly when t < lengths[b], so the lengths masks are the same.
+struct Walk {
+  bool reverse = false;
+  const std::int64_t* lengths = nullptr;  // the layer call's (B,) lengths, or nullptr
+};
+
+// Backward's view of the (B, W) states that step t started from (h_{t-1} or c_{t-1}, forward):
+// those `saved` (B, T, W) by the step walked before it, or `initial` (B, W) where there is
+// none: at the walk's first step and, in reverse, at a sequence's last valid step, where step
+// t + 1 did not run and saved zeros. Rows of both kinds at one step are copied into `scratch`
+// (B, W). Rows of sequences not running at t are whatever comes: their gradients are zero.
+template <typename T>
+ConstStepMap<T> state_before(const T* saved, const T* initial, T* scratch, Index B, Index T_,
+                             Index W, Index t, const Walk& walk) {
+  const Index before = walk.reverse ? t + 1 : t - 1;
+  if (before < 0 || before >= T_) return ConstStepMap<T>(initial, B, W, Eigen::OuterStride<>(W));
+  const ConstStepMap<T> prev = at_step(saved, B, T_, W, before);
+  if (!walk.reverse || walk.lengths == nullptr) return prev;
+  bool mixed = false;
+  for (Index b = 0; b < B; ++b) mixed = mixed || walk.lengths[b] == t + 1;
+  if (!mixed) return prev;
+  MatrixMap<T> rows(scratch, B, W);
+  for (Index b = 0; b < B; ++b) {
+    if (walk.lengths[b] == t + 1)
+      rows.row(b) = ConstMatrixMap<T>(initial + b * W, 1, W);
+    else
+      rows.row(b) = prev.row(b);
+  }
+  return ConstStepMap<T>(scratch, B, W, Eigen::OuterStride<>(W));
+}
+
 // One layer's parameters, with PyTorch's names and shapes; they travel together.
 template <typename T>
 struct LayerWeights {
@@ -431,15 +466,17 @@ void by_packets(Index H, Step&& step) {
 // them, with W_ih packed once per call: the loop then finds them in L2. Written all at once,
 // the 16 MB array of (16, 1000, 32, 64) went out to memory and came back (LSTM and GRU steps
 // 5-8 % slower). Otherwise one product over all B·T rows, before the loop.
+// A reverse layer's loop reaches its steps from T - 1 down; chunks are then taken in that
+// order, chunk k being the k-th kChunk steps of the walk.
 template <typename T>
 class InputSide {
  public:
   using Bias = Eigen::Matrix<T, 1, Eigen::Dynamic>;
 
   InputSide(T* a, const T* x, ConstMatrixMap<T> w_ih, Bias bias, const Dims& d,
-            Helper* helper = nullptr)
+            Helper* helper = nullptr, bool reverse = false)
       : a_(a), x_(x), w_ih_(w_ih), bias_(std::move(bias)), d_(d), GH_(w_ih.rows()),
-        helper_(helper) {
+        reverse_(reverse), helper_(helper) {
     if (helper_ != nullptr) {
       chunks_ = (d.T + kChunk - 1) / kChunk;
       written_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(chunks_));
@@ -462,12 +499,14 @@ class InputSide {
   InputSide(const InputSide&) = delete;
   InputSide& operator=(const InputSide&) = delete;
 
-  // Steps t and after are written as far as the next chunk. Call with t = 0, 1, 2, ...
+  // Step t and those after it in the walk are written as far as the next chunk. Call with
+  // t = 0, 1, 2, ... (T - 1, T - 2, ... when reverse).
   void reach(Index t) {
-    if (t < done_) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D;
+    const Index s = reverse_ ? T_ - 1 - t : t;  // the step's place in the walk
+    if (s < done_) return;
     if (helper_ != nullptr) {
-      const Index k = t / kChunk;
+      const Index k = s / kChunk;
       SpinWait wait;
       while (!written_[k].load(std::memory_order_acquire)) {
         if (claim_and_write() < chunks_) continue;
@@ -483,9 +522,10 @@ class InputSide {
       done_ = T_;
       return;
     }
-    const Index steps = std::min(kChunk, T_ - t);
-    write_steps(t, steps, steps == kChunk ? &*chunk_product_ : nullptr);
-    done_ = t + steps;
+    const Index steps = std::min(kChunk, T_ - s);
+    write_steps(reverse_ ? T_ - s - steps : t, steps,
+                steps == kChunk ? &*chunk_product_ : nullptr);
+    done_ = s + steps;
   }
 
  private:
@@ -515,8 +555,8 @@ class InputSide {
   Index claim_and_write() {
     const Index k = next_.fetch_add(1, std::memory_order_relaxed);
     if (k >= chunks_) return k;
-    const Index t = k * kChunk;
-    write_steps(t, std::min(kChunk, d_.T - t), nullptr);
+    const Index s = k * kChunk, steps = std::min(kChunk, d_.T - s);
+    write_steps(reverse_ ? d_.T - s - steps : s, steps, nullptr);
     written_[k].store(true, std::memory_order_release);
     return k;
   }
@@ -526,7 +566,8 @@ class InputSide {
   ConstMatrixMap<T> w_ih_;
   Bias bias_;
   Dims d_;
-  Index GH_, done_ = 0;
+  Index GH_, done_ = 0;  // done_: steps of the walk written
+  bool reverse_;
   std::optional<RecurrentProduct<T, true>> chunk_product_;  // x_t W_ih^T, kChunk rows
   // With the helper:
   Helper* helper_;
@@ -562,19 +603,20 @@ void add_rows(T* out, const M& m) {
 // 0.91-0.95; (32, 500, 32, 64) RNN 0.99; but (32, 100, 64, 128) RNN 1.01-1.03, (32, 100, 64,
 // 64) 1.00-1.03, and the long GRU 0.98-1.07 (not used there). So: arrays of at least
 // kStagedFromBytes, a step's rows at most kStagedStepBytes; batch 1's rows are contiguous
-// already, so it reads in place.
+// already, so it reads in place. A reverse layer's backward, whose steps go up, reads in place.
 template <typename T, int N>
 class StagedSteps {
  public:
   StagedSteps(Index B, Index steps_total, const std::array<const T*, N>& source,
-              const std::array<Index, N>& width)
+              const std::array<Index, N>& width, bool reverse = false)
       : B_(B), T_(steps_total), next_(steps_total), source_(source), width_(width) {
     for (int k = 0; k < N; ++k) {
       offset_[k] = row_;
       row_ += width_[k];
     }
     const Index step_bytes = B_ * row_ * Index(sizeof(T));
-    if (B_ > 1 && step_bytes <= kStagedStepBytes && step_bytes * T_ >= kStagedFromBytes)
+    if (!reverse && B_ > 1 && step_bytes <= kStagedStepBytes &&
+        step_bytes * T_ >= kStagedFromBytes)
       steps_ = std::min(T_, kStagedBytes / step_bytes);
     buffer_ = Buffer<T>(static_cast<std::size_t>(steps_ * B_ * row_));
   }
@@ -634,6 +676,8 @@ class StagedSteps {
 // are copied side by side into one buffer in da's row order, a few percent of the products'
 // traffic.
 // Rows past a sequence's length must have da = 0: they then add nothing.
+// A reverse layer (walk.reverse) runs its backward loop from t = 0 up, and step t started from
+// the state after step t+1 (h0 at T - 1, and at each sequence's last valid step).
 template <typename T>
 class WindowGrads {
  public:
@@ -643,13 +687,14 @@ class WindowGrads {
   // g's arrays are overwritten with the sums.
   WindowGrads(const Dims& d, Index GH, const T* x, const T* y, const T* h0, T* dx,
               const LayerWeights<T>& w, LayerGrads<T>& g, Helper* helper,
-              ToRecurrent to_recurrent = nullptr)
+              ToRecurrent to_recurrent = nullptr, const Walk& walk = Walk{})
       : d_(d), GH_(GH), W_(window_steps(d, GH, helper)), windows_((d.T + W_ - 1) / W_),
         buffers_(helper != nullptr ? kHelperBuffers : 1), x_(x), y_(y), h0_(h0), dx_(dx),
-        w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), helper_(helper),
+        w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), walk_(walk), helper_(helper),
         separate_dx_(helper != nullptr && d.B == 1),
+        in_place_(!walk.reverse && reads_in_place(GH, d, W_)),
         da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
-        xh_(reads_in_place(GH, d, W_) ? 0 : static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
+        xh_(in_place_ ? 0 : static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
         dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0) {
     g_.dw_ih.setZero();
@@ -687,9 +732,10 @@ class WindowGrads {
   WindowGrads(const WindowGrads&) = delete;
   WindowGrads& operator=(const WindowGrads&) = delete;
 
-  // Where the loop writes da of step t, (B, G·H). t goes down from T-1 to 0, one step at a time.
+  // Where the loop writes da of step t, (B, G·H). t goes down from T-1 to 0 (up from 0 when
+  // reverse), one step at a time.
   StepMap<T> da(Index t) {
-    const Index j = (d_.T - 1 - t) / W_;  // its window
+    const Index j = (walk_.reverse ? t : d_.T - 1 - t) / W_;  // its window
     if (j != current_) {
       if (current_ >= 0) hand_over(current_);
       current_ = j;
@@ -730,8 +776,10 @@ class WindowGrads {
   // go through their products: the loop only waits when the helper is two windows behind.
   static constexpr Index kHelperBuffers = 3;
 
-  // Windows are numbered in the loop's order: window j is steps [t0, t1), t1 = T - j·W.
+  // Windows are numbered in the loop's order: window j is steps [t0, t1), t1 = T - j·W
+  // (t0 = j·W when reverse).
   std::pair<Index, Index> window(Index j) const {
+    if (walk_.reverse) return {j * W_, std::min(d_.T, (j + 1) * W_)};
     const Index t1 = d_.T - j * W_;
     return {std::max<Index>(0, t1 - W_), t1};
   }
@@ -810,12 +858,22 @@ class WindowGrads {
     if (steps == 0) return;
     const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
     MatrixMap<T> da_w(da, rows, GH_);  // row b·steps + (t − t0) is (b, t)
-    const bool in_place = reads_in_place(GH_, d_, W_);
+    const bool in_place = in_place_;
     MatrixMap<T> xh(xh_.data(), in_place ? 0 : rows, D + H);  // [x_t  h_{t-1}]: h0 at t = 0
     for (Index b = 0; b < B && !in_place; ++b) {
       xh.block(b * steps, 0, steps, D) = ConstMatrixMap<T>(x_ + (b * T_ + t0) * D, steps, D);
       auto h_b = xh.block(b * steps, D, steps, H);
-      if (t0 == 0) {
+      if (walk_.reverse) {
+        // [x_t  h_{t+1}]: y at t + 1, but h0 at T - 1 and at the sequence's last valid step
+        // (y there is zero: that step did not run). Later steps have da = 0.
+        const Index from_y = std::min(t1, T_ - 1) - t0;
+        if (from_y > 0)
+          h_b.topRows(from_y) = ConstMatrixMap<T>(y_ + (b * T_ + t0 + 1) * H, from_y, H);
+        const Index first = walk_.lengths != nullptr ? walk_.lengths[b] - 1 : T_ - 1;
+        if (from_y < steps) h_b.row(steps - 1) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
+        if (first >= t0 && first < t1)
+          h_b.row(first - t0) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
+      } else if (t0 == 0) {
         h_b.row(0) = ConstMatrixMap<T>(h0_ + b * H, 1, H);
         h_b.bottomRows(steps - 1) = ConstMatrixMap<T>(y_ + b * T_ * H, steps - 1, H);
       } else {
@@ -897,6 +955,7 @@ class WindowGrads {
   const LayerWeights<T>& w_;
   LayerGrads<T>& g_;
   ToRecurrent to_recurrent_;
+  Walk walk_;
   Helper* helper_;
   Index current_ = -1;  // the window the loop is in
   // With the helper:
@@ -907,6 +966,7 @@ class WindowGrads {
   // With the helper, at batch 1: dx of each window is a task of its own (claim_dx); a flush
   // that rewrites da (to_recurrent) waits for it first (await_dx).
   bool separate_dx_;
+  bool in_place_;  // reads_in_place, never when reverse
   std::atomic<bool> abandoned_{false};           // set by the destructor: stop waiting
   std::atomic<Index> dx_claimed_{0};             // windows 0 .. dx_claimed_-1 have their dx claimed
   std::unique_ptr<std::atomic<bool>[]> dx_done_;  // per window: its dx is written

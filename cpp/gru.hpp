@@ -14,6 +14,8 @@
 // Backward needs x, h0, y and, per step, the activated r, z, n and a_hn: 4 floats per
 // (b, t, unit) beyond y. h_{t-1} is y at t-1 (valid steps are a prefix, so the step before a
 // valid one is valid too). Past a sequence's length the saved values are zero.
+// Both directions of a bidirectional layer run these loops: `reverse` walks time down (Walk),
+// and then h_{t-1} means the state after step t + 1 (state_before).
 #pragma once
 
 #include "common.hpp"
@@ -39,6 +41,7 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* dah;           // (B, 3H): gradient of the recurrent pre-activation at the current step
   T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+  T* h_prev;        // (B, H): h_{t-1} where it mixes saved and initial rows (state_before)
 };
 
 // One sequence's step of forward, N elements from each pointer (see common.hpp by_packets):
@@ -67,17 +70,18 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, const T* ah, Index H, const T*
 // Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
-                  const LayerWeights<T>& w, const std::int64_t* lengths,
+                  const LayerWeights<T>& w, const std::int64_t* lengths, bool reverse,
                   const ForwardWorkspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as the input side of the pre-activations (InputSide); the loop
   // adds the recurrent side and activates in place.
-  InputSide<T> input(gates, x, w.w_ih, input_bias(w, H), d, helper);
+  InputSide<T> input(gates, x, w.w_ih, input_bias(w, H), d, helper, reverse);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   MatrixMap<T> ah(ws.ah, B, 3 * H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
-  for (Index t = 0; t < T_; ++t) {
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? T_ - 1 - s : s;
     input.reach(t);
     auto a = at_step(gates, B, T_, 3 * H, t);  // (B, 3H)
     auto a_hn_t = at_step(a_hn, B, T_, H, t);
@@ -126,10 +130,11 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
 // The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
 template <typename T>
 void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const LayerWeights<T>& w,
-             const std::int64_t* lengths, const ForwardWorkspace<T>& ws, const Dims& d) {
+             const std::int64_t* lengths, bool reverse, const ForwardWorkspace<T>& ws,
+             const Dims& d) {
   const int n = split_count(d, 3);
   if (n == 1) {
-    forward_rows<T>(y, h_n, gates, a_hn, x, h0, w, lengths, ws, d, helper_for(d, 3));
+    forward_rows<T>(y, h_n, gates, a_hn, x, h0, w, lengths, reverse, ws, d, helper_for(d, 3));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
@@ -137,7 +142,7 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
     const ForwardWorkspace<T> w_{ws.ah + b0 * 3 * H};
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H,
                     x + b0 * T_ * D, h0 + b0 * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                    w_, Dims{b1 - b0, T_, D, H}, nullptr);
+                    reverse, w_, Dims{b1 - b0, T_, D, H}, nullptr);
   });
 }
 
@@ -175,13 +180,14 @@ template <typename T>
 void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
                    const T* gates, const T* a_hn, const LayerWeights<T>& w,
                    const std::int64_t* lengths, const T* dy, const T* dh_n,
-                   const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d,
-                   Helper* helper) {
+                   const StepOptions<T>& opt, bool reverse, const Workspace<T>& ws,
+                   const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   // da is the gradient of the input side's pre-activations a_r, a_z, a_in. Once a window's
   // dx and dW_ih are done, its n part becomes the recurrent side's, as dah's in the loop:
   // d(a_hn) = r ⊙ d(a_in); b_hh enters with the recurrent side.
+  const Walk walk{reverse, lengths};
   WindowGrads<T> grads(d, 3 * H, x, y, h0, dx, w, g, helper,
                        [gates, T_, H](MatrixMap<T> da_w, Index t0, Index steps) {
                          for (Index b = 0; b < da_w.rows() / steps; ++b)
@@ -189,16 +195,17 @@ void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, con
                                ConstStepMap<T>(gates + (b * T_ + t0) * 3 * H, steps, H,
                                                Eigen::OuterStride<>(3 * H))
                                    .array();
-                       });
+                       },
+                       walk);
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dah(ws.dah, B, 3 * H), dh_total(ws.dh_total, B, H), dh_prev(ws.dh_prev, B, H);
-  for (Index t = T_ - 1; t >= 0; --t) {
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? s : T_ - 1 - s;
     const auto gt = at_step(gates, B, T_, 3 * H, t);
     const auto r = gt.leftCols(H), z = gt.middleCols(H, H), n = gt.rightCols(H);
     const auto a_hn_t = at_step(a_hn, B, T_, H, t);
-    const auto h_prev = t > 0 ? at_step(y, B, T_, H, t - 1)
-                              : ConstStepMap<T>(h0, B, H, Eigen::OuterStride<>(H));
+    const auto h_prev = state_before(y, h0, ws.h_prev, B, T_, H, t, walk);
     auto da = grads.da(t);
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
@@ -251,16 +258,17 @@ template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const T* gates, const T* a_hn, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n,
-              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+              const StepOptions<T>& opt, bool reverse, const Workspace<T>& ws, const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
   split_backward<T>(d, 3, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
-    const Workspace<T> ws_k = {ws.dah + b0 * 3 * H, ws.dh_total + b0 * H, ws.dh_prev + b0 * H};
+    const Workspace<T> ws_k = {ws.dah + b0 * 3 * H, ws.dh_total + b0 * H, ws.dh_prev + b0 * H,
+                               ws.h_prev + b0 * H};
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H, w,
                      lengths == nullptr ? nullptr : lengths + b0, dy + b0 * T_ * H,
-                     dh_n + b0 * H, o, ws_k, Dims{b1 - b0, T_, D, H}, helper);
+                     dh_n + b0 * H, o, reverse, ws_k, Dims{b1 - b0, T_, D, H}, helper);
   });
 }
 

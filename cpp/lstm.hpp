@@ -9,6 +9,8 @@
 // (b, t, unit) beyond y. h_{t-1} is y at t-1 and c_{t-1} is c at t-1 (valid steps are a
 // prefix, so the step before a valid one is valid too); tanh(c_t) is cheaper to recompute than
 // to keep. Past a sequence's length the saved gates and c are zero.
+// Both directions of a bidirectional layer run these loops: `reverse` walks time down (Walk),
+// and then c_{t-1} means the cell state after step t + 1 (state_before).
 #pragma once
 
 #include "common.hpp"
@@ -20,6 +22,7 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
   T* dc_total;      // (B, H): dL/dc_t from both h_t and c_{t+1}
   T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+  T* c_prev;        // (B, H): c_{t-1} where it mixes saved and initial rows (state_before)
 };
 
 // One sequence's step of forward: the row a = [a_i a_f a_g a_o] of pre-activations, activated
@@ -51,19 +54,20 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c
 // c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
-                  const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d,
-                  Helper* helper) {
+                  const LayerWeights<T>& w, const std::int64_t* lengths, bool reverse,
+                  const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // gates starts as a_t without its recurrent term (InputSide: all steps at once, or a chunk
   // ahead of the loop); the loop adds that term and activates in place, so the
   // pre-activations never need a buffer of their own.
-  InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d, helper);
+  InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d, helper, reverse);
   MatrixMap<T> h(h_n, B, H);       // the running states; after the loop they are h_n and c_n
   MatrixMap<T> c_run(c_n, B, H);
   h = ConstMatrixMap<T>(h0, B, H);
   c_run = ConstMatrixMap<T>(c0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
-  for (Index t = 0; t < T_; ++t) {
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? T_ - 1 - s : s;
     input.reach(t);
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
     recurrent.add(a, h);    // all four gates in one product
@@ -114,18 +118,20 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
 // array are themselves a C-ordered (B', ...) array, so each chunk is forward_rows on offsets.
 template <typename T>
 void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
-             const LayerWeights<T>& w, const std::int64_t* lengths, const Dims& d) {
+             const LayerWeights<T>& w, const std::int64_t* lengths, bool reverse,
+             const Dims& d) {
   const int n = split_count(d, 4);
   if (n == 1) {
-    forward_rows<T>(y, h_n, c_n, gates, c, x, h0, c0, w, lengths, d, helper_for(d, 4));
+    forward_rows<T>(y, h_n, c_n, gates, c, x, h0, c0, w, lengths, reverse, d,
+                    helper_for(d, 4));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, c_n + b0 * H, gates + b0 * T_ * 4 * H,
                     c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * H, c0 + b0 * H, w,
-                    lengths == nullptr ? nullptr : lengths + b0, Dims{b1 - b0, T_, D, H},
-                    nullptr);
+                    lengths == nullptr ? nullptr : lengths + b0, reverse,
+                    Dims{b1 - b0, T_, D, H}, nullptr);
   });
 }
 
@@ -190,7 +196,7 @@ template <typename T>
 void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0,
                    const T* c0, const T* y, const T* gates, const T* c,
                    const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
-                   const T* dh_n, const T* dc_n, const StepOptions<T>& opt,
+                   const T* dh_n, const T* dc_n, const StepOptions<T>& opt, bool reverse,
                    const Workspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
@@ -200,14 +206,18 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
   MatrixMap<T> dh_total(ws.dh_total, B, H), dc_total(ws.dc_total, B, H),
       dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
-  WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper);
-  StagedSteps<T, 3> staged(B, T_, {gates, c, dy}, {4 * H, H, H});
-  for (Index t = T_ - 1; t >= 0; --t) {
+  const Walk walk{reverse, lengths};
+  WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper, nullptr, walk);
+  StagedSteps<T, 3> staged(B, T_, {gates, c, dy}, {4 * H, H, H}, reverse);
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? s : T_ - 1 - s;
     const auto gt = staged.at(0, t);
     const auto f = gt.middleCols(H, H);
     const auto c_t = staged.at(1, t);
-    const auto c_prev = t > 0 ? staged.below(1, t - 1)
-                              : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
+    const auto c_prev =
+        reverse ? state_before(c, c0, ws.c_prev, B, T_, H, t, walk)
+                : t > 0 ? staged.below(1, t - 1)
+                        : ConstStepMap<T>(c0, B, H, Eigen::OuterStride<>(H));
     auto da = grads.da(t);
     dh_total = dh + staged.at(2, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
@@ -249,17 +259,17 @@ template <typename T>
 void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, const T* c0,
               const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
-              const StepOptions<T>& opt, const Workspace<T>& ws, const Dims& d) {
+              const StepOptions<T>& opt, bool reverse, const Workspace<T>& ws, const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
   split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
     const Workspace<T> ws_k = {ws.dh_total + b0 * H, ws.dc_total + b0 * H,
-                               ws.dh_prev + b0 * H};
+                               ws.dh_prev + b0 * H, ws.c_prev + b0 * H};
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, dc0 + b0 * H, g_k, x + b0 * T_ * D,
                      h0 + b0 * H, c0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 4 * H,
                      c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, ws_k,
+                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, reverse, ws_k,
                      Dims{b1 - b0, T_, D, H}, helper);
   });
 }

@@ -4,6 +4,7 @@
 //
 // What backward needs is x, h0 and the outputs y: h_t = y[:, t] on every valid step and
 // f'(a_t) is a function of h_t. So the layer keeps no cache of its own.
+// Both directions of a bidirectional layer run these loops: `reverse` walks time down (Walk).
 #pragma once
 
 #include "common.hpp"
@@ -30,14 +31,16 @@ void backprop_through_f(Da&& da, const DhTotal& dh_total, const Ht& h_t, Activat
 // Outputs: y (B, T, H), h_n (B, H). Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
-                  const std::int64_t* lengths, Activation f, const Dims& d, Helper* helper) {
+                  const std::int64_t* lengths, Activation f, bool reverse, const Dims& d,
+                  Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   // y starts as a_t without its recurrent term (InputSide); the loop adds it in place.
-  InputSide<T> input(y, x, w.w_ih, summed_bias(w), d, helper);
+  InputSide<T> input(y, x, w.w_ih, summed_bias(w), d, helper, reverse);
   MatrixMap<T> h(h_n, B, H);  // the running state; after the loop it is h_n
   h = ConstMatrixMap<T>(h0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
-  for (Index t = 0; t < T_; ++t) {
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? T_ - 1 - s : s;
     input.reach(t);
     auto a = at_step(y, B, T_, H, t);
     recurrent.add(a, h);
@@ -62,17 +65,17 @@ void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& 
 // The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
 template <typename T>
 void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
-             const std::int64_t* lengths, Activation f, const Dims& d) {
+             const std::int64_t* lengths, Activation f, bool reverse, const Dims& d) {
   const int n = split_count(d, 1);
   if (n == 1) {
-    forward_rows<T>(y, h_n, x, h0, w, lengths, f, d, helper_for(d, 1));
+    forward_rows<T>(y, h_n, x, h0, w, lengths, f, reverse, d, helper_for(d, 1));
     return;
   }
   const Index T_ = d.T, D = d.D, H = d.H;
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, x + b0 * T_ * D, h0 + b0 * H, w,
-                    lengths == nullptr ? nullptr : lengths + b0, f, Dims{b1 - b0, T_, D, H},
-                    nullptr);
+                    lengths == nullptr ? nullptr : lengths + b0, f, reverse,
+                    Dims{b1 - b0, T_, D, H}, nullptr);
   });
 }
 
@@ -82,16 +85,17 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
 template <typename T>
 void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
                    const LayerWeights<T>& w, const std::int64_t* lengths, Activation f,
-                   const T* dy, const T* dh_n, const StepOptions<T>& opt,
+                   const T* dy, const T* dh_n, const StepOptions<T>& opt, bool reverse,
                    const Workspace<T>& ws, const Dims& d, Helper* helper) {
   const Index B = d.B, T_ = d.T, H = d.H;
   MatrixMap<T> dh(dh0, B, H);  // dL/dh_t flowing back in time; after the loop it is dL/dh0
   dh = ConstMatrixMap<T>(dh_n, B, H);
   MatrixMap<T> dh_prev(ws.dh_prev, B, H);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
-  WindowGrads<T> grads(d, H, x, y, h0, dx, w, g, helper);
-  StagedSteps<T, 2> staged(B, T_, {y, dy}, {H, H});
-  for (Index t = T_ - 1; t >= 0; --t) {
+  WindowGrads<T> grads(d, H, x, y, h0, dx, w, g, helper, nullptr, Walk{reverse, lengths});
+  StagedSteps<T, 2> staged(B, T_, {y, dy}, {H, H}, reverse);
+  for (Index s = 0; s < T_; ++s) {
+    const Index t = reverse ? s : T_ - 1 - s;
     auto da = grads.da(t);
     const auto h_t = staged.at(0, t);
     const auto dy_t = staged.at(1, t);
@@ -123,7 +127,7 @@ void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, con
 template <typename T>
 void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T* y,
               const LayerWeights<T>& w, const std::int64_t* lengths, Activation f, const T* dy,
-              const T* dh_n, const StepOptions<T>& opt, const Workspace<T>& ws,
+              const T* dh_n, const StepOptions<T>& opt, bool reverse, const Workspace<T>& ws,
               const Dims& d) {
   const Index T_ = d.T, D = d.D, H = d.H;
   split_backward<T>(d, 1, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
@@ -131,7 +135,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     if (o.norms != nullptr) o.norms += b0 * T_;
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0, f,
-                     dy + b0 * T_ * H, dh_n + b0 * H, o, Workspace<T>{ws.dh_prev + b0 * H},
+                     dy + b0 * T_ * H, dh_n + b0 * H, o, reverse, Workspace<T>{ws.dh_prev + b0 * H},
                      Dims{b1 - b0, T_, D, H}, helper);
   });
 }

@@ -40,7 +40,7 @@ def record(check, dtype, err):
 
 def state_like(model, B, rng, scale=0.5):
     """A random state of the model's structure, float64."""
-    shape = (model.num_layers, B, model.hidden_size)
+    shape = (model.num_layers * model.num_directions, B, model.hidden_size)
     parts = tuple(rng.uniform(-scale, scale, shape) for _ in range(model.state_parts))
     return parts[0] if model.state_parts == 1 else parts
 

@@ -165,7 +165,7 @@ def test_core_norms_are_per_sequence_and_zero_past_length(cell, backend):
     p = model._layer_params()[0]
     step = {"clip_per_step": 0.0, "grad_norms": True}
     *_, per_seq = model._layer_backward(xl, s0, y, saved, p, cache.lengths, dy,
-                                        tuple(np.zeros_like(s) for s in s0), step)
+                                        tuple(np.zeros_like(s) for s in s0), step, False)
     assert per_seq.shape == (B, T)
     running = np.arange(T) < lengths[:, None]
     assert not per_seq[~running].any() and (per_seq[running] > 0).all()

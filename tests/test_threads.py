@@ -104,6 +104,31 @@ def test_helper_matches_reference_and_repeats(threads, cell, dims, lengths_mode,
             np.testing.assert_array_equal(got[k], again[k], err_msg=k)
 
 
+@pytest.mark.parametrize("dims", [(B, T, D, H)] + HELPER_DIMS,
+                         ids=lambda d: "B{}T{}D{}H{}".format(*d))
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cell", SPLIT_CELLS)
+def test_bidirectional_on_two_threads(threads, cell, dims, dtype):
+    """The reverse walk through the split batch (the first dims) and through the helper's
+    chunks and windows taken in its order (the others), with lengths and clipping."""
+    b, t, d, h = dims
+    fast = make(cell, d, h, L=2, dtype=dtype, seed=6, bidirectional=True)
+    ref = make(cell, d, h, L=2, dtype=np.float64, seed=6, backend="numpy", bidirectional=True)
+    ref.params = {k: np.asarray(v, np.float64) for k, v in fast.params.items()}
+    rng = np.random.default_rng(7)
+    data = (rng.standard_normal((b, t, d)), state_like(fast, b, rng),
+            random_lengths(rng, b, t, "partial"), rng.standard_normal((b, t, 2 * h)),
+            state_like(fast, b, rng, scale=1.0))
+    threads(2)
+    got = _step(fast, *data, 0.5)
+    want = _step(ref, *data, 0.5)
+    for k in want:
+        assert rel_err(got[k], want[k]) <= TOL[dtype], k
+    again = _step(fast, *data, 0.5)
+    for k in want:
+        np.testing.assert_array_equal(got[k], again[k], err_msg=k)
+
+
 def test_concurrent_python_threads_share_the_helper(threads):
     """Two Python threads making calls at once, split ones and batch-1 ones: one call at a time
     gets the helper (the batch's second chunk, or a batch-1 call's products); the other runs

@@ -44,21 +44,21 @@ CONFIGS = [
 
 # -- the two sides ---------------------------------------------------------------------------
 
-def torch_module(cell, D, H, L, bias, dtype, seed, batch_first=True):
+def torch_module(cell, D, H, L, bias, dtype, seed, batch_first=True, **kw):
     """A torch module with random weights, scaled up."""
     torch.manual_seed(seed)
     cls, extra = TORCH_CELLS[cell]
     module = cls(D, H, num_layers=L, bias=bias, batch_first=batch_first,
-                 dtype=TORCH_DTYPE[dtype], **extra)
+                 dtype=TORCH_DTYPE[dtype], **extra, **kw)
     with torch.no_grad():
         for p in module.parameters():
             p.mul_(WEIGHT_SCALE)
     return module
 
 
-def rnnfast_model(cell, D, H, L, bias, dtype, seed):
+def rnnfast_model(cell, D, H, L, bias, dtype, seed, **kw):
     """An rnnfast model with random weights, scaled up."""
-    model = make(cell, D, H, L, dtype=dtype, seed=seed, bias=bias)
+    model = make(cell, D, H, L, dtype=dtype, seed=seed, bias=bias, **kw)
     for p in model.params.values():
         p *= WEIGHT_SCALE
     return model
@@ -67,7 +67,7 @@ def rnnfast_model(cell, D, H, L, bias, dtype, seed):
 def data(model, B, T, lengths_mode, dtype, seed):
     """x, state0, lengths, R (= dy) and S (= dstate), already rounded to ``dtype``."""
     rng = np.random.default_rng(seed)
-    shape = (model.num_layers, B, model.hidden_size)
+    shape = (model.num_layers * model.num_directions, B, model.hidden_size)
 
     def state(scale):
         parts = tuple(rng.uniform(-scale, scale, shape).astype(dtype)
@@ -83,7 +83,7 @@ def data(model, B, T, lengths_mode, dtype, seed):
         lengths[0] = T
     else:  # "short"
         lengths = rng.integers(1, T, size=B)
-    R = rng.standard_normal((B, T, model.hidden_size)).astype(dtype)
+    R = rng.standard_normal((B, T, model.output_size)).astype(dtype)
     S = state(1.0)
     return x, state0, lengths, R, S
 
@@ -178,6 +178,48 @@ def test_matches_torch_autograd(cell, config, dtype, direction, request):
             cell, dtype, direction, check="torch xfail" if known else "torch")
 
 
+@pytest.mark.parametrize("direction", ["from_torch", "to_torch"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", CONFIGS[1:], ids=lambda c: "B{}T{}D{}H{}L{}-{}-bias{}".format(*c))
+@pytest.mark.parametrize("cell", CELLS)
+def test_bidirectional_matches_torch_autograd(cell, config, dtype, direction):
+    """Both directions, their state order, layer k > 0 reading both, and packed sequences
+    (the reverse direction starting at each sequence's last valid step)."""
+    B, T, D, H, L, lengths_mode, bias = config
+    seed = 100 + CONFIGS.index(config)
+    if direction == "from_torch":
+        module = torch_module(cell, D, H, L, bias, dtype, seed, bidirectional=True)
+        model = rnnfast.from_torch(module)
+    else:
+        model = rnnfast_model(cell, D, H, L, bias, dtype, seed, bidirectional=True)
+        module = model.to_torch()
+    assert model.bidirectional and module.bidirectional
+    x, state0, lengths, R, S = data(model, B, T, lengths_mode, dtype, seed)
+    compare(ours(model, x, state0, lengths, R, S), theirs(module, x, state0, lengths, R, S),
+            cell, dtype, direction, check="torch bidirectional")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True])
+@pytest.mark.parametrize("cell", CELLS)
+def test_dropout_module_in_eval_mode_converts_to_equal_inference(cell, bidirectional):
+    """A module trained with dropout, in eval(): rnnfast's inference call (which never drops)
+    equals torch's output, and the dropout probability comes along."""
+    module = torch_module(cell, 3, 5, 3, True, np.float64, seed=51, dropout=0.4,
+                          bidirectional=bidirectional).eval()
+    model = rnnfast.from_torch(module)
+    assert model.dropout == 0.4 and model.to_torch().dropout == 0.4
+    x = np.random.default_rng(52).standard_normal((4, 6, 3))
+    y, state = model(x, lengths=[6, 2, 5, 1])
+    packed = torch.nn.utils.rnn.pack_padded_sequence(
+        torch.tensor(x), torch.tensor([6, 2, 5, 1]), batch_first=True, enforce_sorted=False)
+    with torch.no_grad():
+        out, state_t = module(packed)
+    y_t, _ = torch.nn.utils.rnn.pad_packed_sequence(out, batch_first=True, total_length=6)
+    assert rel_err(y, y_t.numpy()) <= 1e-12
+    for ours_, theirs_ in zip(as_parts(state), as_parts(state_t)):
+        assert rel_err(ours_, theirs_.numpy()) <= 1e-12
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_time_major_module_and_numpy_backend(cell):
     """batch_first=False converts too (rnnfast stays batch-first); backend is passed through."""
@@ -221,16 +263,20 @@ def test_length_zero_against_the_rest_of_the_batch(cell):
 
 # -- conversions ------------------------------------------------------------------------------
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi-dropout"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cell", CELLS)
-def test_round_trip_copies_weights_exactly(cell, dtype, bias):
-    module = torch_module(cell, 4, 5, 3, bias, dtype, seed=31, batch_first=False)
+def test_round_trip_copies_weights_exactly(cell, dtype, bias, bidirectional):
+    dropout = 0.3 if bidirectional else 0.0
+    module = torch_module(cell, 4, 5, 3, bias, dtype, seed=31, batch_first=False,
+                          bidirectional=bidirectional, dropout=dropout)
     model = rnnfast.from_torch(module)
     back = model.to_torch()
     cls, extra = TORCH_CELLS[cell]
     assert type(back) is cls and back.batch_first
     assert (back.input_size, back.hidden_size, back.num_layers, back.bias) == (4, 5, 3, bias)
+    assert (back.bidirectional, back.dropout) == (bidirectional, dropout)
     assert getattr(back, "nonlinearity", None) == extra.get("nonlinearity")
     want = dict(module.named_parameters())
     got = dict(back.named_parameters())
@@ -293,12 +339,8 @@ def test_linear_both_ways(dtype, bias):
 # -- refusals ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("cls, kw, attr", [
-    (torch.nn.LSTM, {"bidirectional": True}, "bidirectional=True"),
-    (torch.nn.GRU, {"bidirectional": True}, "bidirectional=True"),
-    (torch.nn.RNN, {"bidirectional": True}, "bidirectional=True"),
     (torch.nn.LSTM, {"proj_size": 2}, "proj_size=2"),
-    (torch.nn.LSTM, {"dropout": 0.25}, "dropout=0.25"),
-    (torch.nn.GRU, {"dropout": 0.5}, "dropout=0.5"),
+    (torch.nn.LSTM, {"proj_size": 3, "bidirectional": True}, "proj_size=3"),
 ])
 def test_refuses_what_rnnfast_lacks(cls, kw, attr):
     module = cls(3, 4, num_layers=2, **kw)  # 2 layers: torch warns about dropout with one

@@ -27,7 +27,7 @@ std::vector<T> random(std::size_t n, std::mt19937& rng, double scale) {
 
 // One layer's forward and backward; returns every output, concatenated.
 template <typename T>
-std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths,
+std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths, bool reverse,
                     std::uint32_t seed) {
   const Index D = 64, H = 64, G = cell == 'l' ? 4 : cell == 'g' ? 3 : 1;
   std::mt19937 rng(seed);
@@ -38,7 +38,7 @@ std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths,
        b_ih = random<T>(G * H, rng, 0.1), b_hh = random<T>(G * H, rng, 0.1);
   std::vector<T> y(B * T_ * H), h_n(B * H), c_n(B * H), gates(B * T_ * G * H), c(B * T_ * H),
       a_hn(B * T_ * H), dx(B * T_ * D), dh0(B * H), dc0(B * H), dw_ih(G * H * D),
-      dw_hh(G * H * H), db_ih(G * H), db_hh(G * H), ws(4 * B * G * H);
+      dw_hh(G * H * H), db_ih(G * H), db_hh(G * H), ws(6 * B * H);
   const rnnfast::LayerWeights<T> w{rnnfast::ConstMatrixMap<T>(w_ih.data(), G * H, D),
                                    rnnfast::ConstMatrixMap<T>(w_hh.data(), G * H, H),
                                    b_ih.data(), b_hh.data()};
@@ -50,22 +50,24 @@ std::vector<T> step(char cell, Index B, Index T_, const std::int64_t* lengths,
   T* s = ws.data();
   if (cell == 'l') {
     rnnfast::lstm::forward<T>(y.data(), h_n.data(), c_n.data(), gates.data(), c.data(),
-                              x.data(), h0.data(), c0.data(), w, lengths, d);
+                              x.data(), h0.data(), c0.data(), w, lengths, reverse, d);
     rnnfast::lstm::backward<T>(dx.data(), dh0.data(), dc0.data(), g, x.data(), h0.data(),
                                c0.data(), y.data(), gates.data(), c.data(), w, lengths,
-                               dy.data(), dh_n.data(), dc_n.data(), opt,
-                               {s, s + B * H, s + 2 * B * H}, d);
+                               dy.data(), dh_n.data(), dc_n.data(), opt, reverse,
+                               {s, s + B * H, s + 2 * B * H, s + 3 * B * H}, d);
   } else if (cell == 'g') {
     rnnfast::gru::forward<T>(y.data(), h_n.data(), gates.data(), a_hn.data(), x.data(),
-                             h0.data(), w, lengths, {s}, d);
+                             h0.data(), w, lengths, reverse, {s}, d);
     rnnfast::gru::backward<T>(dx.data(), dh0.data(), g, x.data(), h0.data(), y.data(),
                               gates.data(), a_hn.data(), w, lengths, dy.data(), dh_n.data(),
-                              opt, {s, s + 3 * B * H, s + 4 * B * H}, d);
+                              opt, reverse, {s, s + 3 * B * H, s + 4 * B * H, s + 5 * B * H},
+                              d);
   } else {
     const auto f = rnnfast::rnn::Activation::Tanh;
-    rnnfast::rnn::forward<T>(y.data(), h_n.data(), x.data(), h0.data(), w, lengths, f, d);
+    rnnfast::rnn::forward<T>(y.data(), h_n.data(), x.data(), h0.data(), w, lengths, f, reverse,
+                             d);
     rnnfast::rnn::backward<T>(dx.data(), dh0.data(), g, x.data(), h0.data(), y.data(), w,
-                              lengths, f, dy.data(), dh_n.data(), opt, {s}, d);
+                              lengths, f, dy.data(), dh_n.data(), opt, reverse, {s}, d);
   }
   std::vector<T> out;
   for (const auto* v : {&y, &h_n, &c_n, &dx, &dh0, &dc0, &dw_ih, &dw_hh, &db_ih, &db_hh})
@@ -79,15 +81,16 @@ int check(const char* type) {
   for (char cell : {'r', 'l', 'g'}) {
     for (Index B : {Index(1), Index(8)}) {
       for (Index T_ : {Index(100), Index(37)}) {
-        for (bool short_sequences : {false, true}) {
+        for (bool short_sequences : {false, true})
+        for (bool reverse : {false, true}) {
           std::vector<std::int64_t> length(B);  // every other sequence 20 steps short
           for (Index b = 0; b < B; ++b) length[b] = b % 2 == 0 ? T_ - 20 : T_;
           const std::int64_t* lengths = short_sequences ? length.data() : nullptr;
-          const auto first = step<T>(cell, B, T_, lengths, 7);
+          const auto first = step<T>(cell, B, T_, lengths, reverse, 7);
           for (int again = 0; again < 2; ++again) {
-            if (step<T>(cell, B, T_, lengths, 7) != first) {
-              std::printf("differs: cell %c, %s, B %ld, T %ld, lengths %d\n", cell, type,
-                          long(B), long(T_), int(short_sequences));
+            if (step<T>(cell, B, T_, lengths, reverse, 7) != first) {
+              std::printf("differs: cell %c, %s, B %ld, T %ld, lengths %d, reverse %d\n", cell,
+                          type, long(B), long(T_), int(short_sequences), int(reverse));
               ++failures;
             }
           }

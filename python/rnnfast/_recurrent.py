@@ -205,7 +205,8 @@ class Recurrent:
         ``state_parts`` arrays (B, H)."""
         L, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
         meaning = ("(num_layers, B, H)" if self.num_directions == 1 else
-                   "(2 * num_layers, B, H): bidirectional, two directions per layer")
+                   "(2 * num_layers, B, H): bidirectional, layer 0 forward, layer 0 reverse, "
+                   "layer 1 forward, ...")
         if state is None:
             return self._zero_states(B)
         if self.state_parts == 1:
@@ -407,7 +408,8 @@ class Recurrent:
         check = self.check_finite if check_finite is None else bool(check_finite)
         _checks.check_float_array(dy, "dy", self.dtype, 3)
         _checks.expect_shape(dy, "dy", (B, T, self.output_size),
-                             "(B, T, num_directions * hidden_size)")
+                             "(B, T, hidden_size)" if self.num_directions == 1 else
+                             "(B, T, 2 * hidden_size): bidirectional, forward half first")
         dy = np.ascontiguousarray(dy, dtype=self.dtype)  # converted once its shape is right
         if check and not all_finite(dy.ravel()):  # dy converted as x in forward
             _checks.raise_non_finite(dy, "dy")

@@ -4,7 +4,8 @@ The file is a NumPy ``.npz`` archive read with ``allow_pickle=False``, so loadin
 runs code from the file. It holds ``params/<name>`` for every parameter,
 ``optim/<name>/<slot>`` for every optimiser state array, and ``__meta__``: UTF-8 JSON with the
 format version, the rnnfast version, the model's configuration, the names, shapes and dtypes
-of the arrays, the optimiser's hyperparameters, the step and epoch, and free metadata.
+of the arrays, the optimiser's hyperparameters, the step and epoch, the state of the model's
+dropout generator (``rng_state``, when it has one), and free metadata.
 
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
 the target: a crash mid-save leaves the previous checkpoint in place.
@@ -26,7 +27,8 @@ class Checkpoint:
 
     Attributes
     ----------
-    model : the rebuilt model with the saved parameters
+    model : the rebuilt model with the saved parameters (and the saved state of its dropout
+        generator, so that a resumed run draws the masks the uninterrupted one did)
     optimizer_state : dict for ``optimizer.load_state_dict``, or None
     schedule_state : dict for ``schedule.load_state_dict``, or None
     step, epoch : int
@@ -43,17 +45,20 @@ class Checkpoint:
 
 
 def build(config):
-    """A new model from the ``config()`` of an RNN, LSTM, GRU, Linear or Model."""
+    """A new model from the ``config()`` of an RNN, LSTM, GRU, Linear, Embedding or Model."""
     import rnnfast
 
     if not isinstance(config, dict):
         raise ValueError(f"a model configuration must be a dict, got {type(config).__name__}")
     if "recurrent" in config and "readout" in config:
-        return rnnfast.Model(build(config["recurrent"]), build(config["readout"]))
+        embedding = config.get("embedding")
+        return rnnfast.Model(build(config["recurrent"]), build(config["readout"]),
+                             embedding=None if embedding is None else build(embedding),
+                             pool=config.get("pool"))
     args = dict(config)
     name = args.pop("class", None)
     cls = getattr(rnnfast, name, None) if isinstance(name, str) else None
-    if name not in ("RNN", "LSTM", "GRU", "Linear") or cls is None:
+    if name not in ("RNN", "LSTM", "GRU", "Linear", "Embedding") or cls is None:
         raise ValueError(f"unknown model class {name!r} in the configuration")
     args["dtype"] = np.dtype(args["dtype"])
     return cls(**args)
@@ -74,6 +79,8 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "rnnfast_version": rnnfast.__version__,
         "model": model.config(), "step": int(step), "epoch": int(epoch),
+        # dropout's generator: without it a resumed run would draw other masks
+        "rng_state": getattr(model, "rng_state", None),
         "metadata": metadata or {}, "optimizer": optim_meta,
         "schedule": schedule.state_dict() if schedule is not None else None,
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
@@ -138,6 +145,11 @@ def load(path):
             raise ValueError(f"{path}: parameter {k!r} is {v.dtype} {v.shape}, the model needs "
                              f"{params[k].dtype} {params[k].shape}")
         params[k][...] = v
+    if meta.get("rng_state") is not None and hasattr(model, "rng_state"):
+        try:
+            model.rng_state = meta["rng_state"]
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{path}: its rng_state cannot be restored: {e}") from None
 
     optimizer_state = None
     if meta.get("optimizer") is not None:
@@ -228,7 +240,8 @@ def _read_meta(arrays, path):
                          f"this rnnfast reads version {FORMAT_VERSION}")
     # The JSON is the file's, not ours: every field of the type load relies on.
     types = {"model": dict, "arrays": dict, "metadata": dict, "step": int, "epoch": int,
-             "optimizer": (dict, type(None)), "schedule": (dict, type(None))}
+             "optimizer": (dict, type(None)), "schedule": (dict, type(None)),
+             "rng_state": (dict, type(None))}
     for key, want in types.items():
         value = meta.get(key)
         if not isinstance(value, want) or isinstance(value, bool):

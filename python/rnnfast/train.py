@@ -16,6 +16,7 @@ import time
 import numpy as np
 
 from . import _checks, clip, losses
+from .embedding import as_ids, refuse_ids
 
 LOSSES = ("cross_entropy", "mse", "cross_entropy_last", "mse_last")
 
@@ -25,11 +26,13 @@ class NonFiniteError(FloatingPointError):
 
 
 def sequence_loss(kind, logits, targets, lengths=None, reduction="mean"):
-    """The loss named ``kind`` and its gradient with respect to ``logits`` (B, T, C).
+    """The loss named ``kind`` and its gradient with respect to ``logits``.
 
-    ``"cross_entropy"`` and ``"mse"`` count every valid step; ``"cross_entropy_last"`` and
-    ``"mse_last"`` (many-to-one) only each sequence's last valid step, with targets (B,) or
-    (B, C) for the MSE.
+    For per-step logits (B, T, C): ``"cross_entropy"`` and ``"mse"`` count every valid step;
+    ``"cross_entropy_last"`` and ``"mse_last"`` (many-to-one) only each sequence's last valid
+    step, with targets (B,) or (B, C) for the MSE. For the per-sequence logits (B, C) of a
+    pooled model: ``"cross_entropy"`` with targets (B,), ``"mse"`` with targets (B, C), and
+    ``lengths`` None (the pool has used them).
     """
     if kind == "cross_entropy":
         return losses.cross_entropy(logits, targets, reduction=reduction, lengths=lengths)
@@ -59,6 +62,51 @@ def _add_grads(total, grads):
     return total
 
 
+def _per_sequence(model):
+    """Whether the model's logits are one per sequence (B, C): a ``Model`` with a pool."""
+    return getattr(model, "pool", None) is not None
+
+
+def _check_loss(model, loss):
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if _per_sequence(model) and loss.endswith("_last"):
+        raise ValueError(f"loss {loss!r} takes each sequence's last step of per-step logits, "
+                         f"but this model pools over time (pool={model.pool!r}) and its logits "
+                         f"are per sequence already: use {loss[:-len('_last')]!r} with "
+                         f"per-sequence targets")
+
+
+def _model_input(model, x):
+    """``x`` checked and converted once for every window: integer ids (B, T) for a model that
+    starts with an embedding, else real features (B, T, D)."""
+    embedding = getattr(model, "embedding", None)
+    if embedding is not None:
+        return as_ids(x, "x", embedding.num_embeddings)
+    refuse_ids(x, "x")
+    x = _checks.as_float_array(x, "x", model.dtype, 3)
+    check = getattr(model, "check_finite", getattr(getattr(model, "recurrent", None),
+                                                   "check_finite", False))
+    if check:
+        _checks.check_finite(x, "x")
+    return x
+
+
+def _window_loss(loss, logits, targets, lengths, start, prev_end, end, per_sequence):
+    """The loss of a window whose logits cover steps [start, end), taken on steps
+    [prev_end, end) (on the whole of per-sequence logits), and its gradient with respect to
+    all the logits."""
+    if per_sequence:  # only ever full BPTT: the window is the whole sequence
+        return sequence_loss(loss, logits, targets)
+    new = slice(prev_end - start, end - start)
+    win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
+    value, dnew = sequence_loss(loss, logits[:, new], win_targets,
+                                _window_lengths(lengths, prev_end, end))
+    dlogits = np.zeros_like(logits)
+    dlogits[:, new] = dnew
+    return value, dlogits
+
+
 def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
     """One window of truncated BPTT: forward over ``pieces`` (one, or two split where the next
     window will start, so that its start state is kept), the loss on steps [prev_end, end),
@@ -76,21 +124,17 @@ def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
         if b != end:
             cut_state = s
     logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-
-    new = slice(prev_end - start, end - start)
-    win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
-    value, dnew = sequence_loss(loss, logits[:, new], win_targets,
-                                _window_lengths(lengths, prev_end, end))
-    if not (math.isfinite(value) and np.isfinite(dnew).all()):
+    value, dlogits = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
+                                  _per_sequence(model))
+    if not (math.isfinite(value) and np.isfinite(dlogits).all()):
         return value, None, s, cut_state
-    dlogits = np.zeros_like(logits)
-    dlogits[:, new] = dnew
     # The later piece first, chaining the gradient of the state between them.
-    grads, dstate, offset = None, None, logits.shape[1]
+    grads, dstate, offset = None, None, end - start
     for (a, b), cache in reversed(list(zip(pieces, caches))):
         offset -= b - a
-        _, dstate, g = model.backward(cache, dlogits[:, offset:offset + b - a], dstate,
-                                      **options)
+        # (per-sequence logits (B, C) come only in one piece, and have no time axis to cut)
+        d = dlogits if len(pieces) == 1 else dlogits[:, offset:offset + b - a]
+        _, dstate, g = model.backward(cache, d, dstate, **options)
         grads = _add_grads(grads, g)
     return value, grads if _all_finite(grads) else None, s, cut_state
 
@@ -105,15 +149,19 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     model : Model
         Or anything with ``forward``/``backward``/``params`` like it.
     optimizer : an ``rnnfast.optim`` optimiser over ``model.params``
-    x : ndarray (B, T, D)
+    x : ndarray (B, T, D) of real features; integer ids (B, T) when the model starts with an
+        ``Embedding`` (integers are refused otherwise)
     targets : per-step targets (B, T) for cross-entropy, (B, T, C) for MSE; for the
-        many-to-one losses (B,) or (B, C).
+        many-to-one losses (B,) or (B, C). For a model with a pool (``Model(..., pool=...)``),
+        whose logits are one (B, C) per sequence: ``"cross_entropy"`` with class indices (B,)
+        or ``"mse"`` with targets (B, C); the ``"_last"`` losses are refused there.
     lengths : (B,) ints, optional
     state : the initial state, optional (zeros)
     loss : one of ``LOSSES``
     k1, k2 : int, optional
         Truncation: update every k1 steps, backpropagating through k2 >= k1 steps. Both
-        default to T (full BPTT); k2 defaults to k1.
+        default to T (full BPTT); k2 defaults to k1. A model with a pool trains by full BPTT
+        only (its loss depends on every step).
     clip_norm, clip_value : float, optional
         Clip the parameter gradients by global L2 norm, then by value, before each update.
     on_nonfinite : {"skip", "stop"}
@@ -130,10 +178,10 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     """
     if on_nonfinite not in ("skip", "stop"):
         raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {on_nonfinite!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
-    if not isinstance(x, np.ndarray) or x.ndim != 3:
-        _checks.check_float_array(x, "x", model.dtype, 3)
+    _check_loss(model, loss)
+    # Every window's input is checked here, before the first update: a bad value at step
+    # T - 1 must not fail the call after earlier windows have changed the parameters.
+    x = _model_input(model, x)
     B, T = x.shape[:2]
     lengths = _checks.as_lengths(lengths, B, T)
     k1 = T if k1 is None else _checks.positive_int(k1, "k1")
@@ -144,20 +192,18 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     if truncated and loss.endswith("_last"):
         raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) needs a per-step loss, got "
                          f"{loss!r}: use k1=None for a many-to-one loss")
+    if truncated and _per_sequence(model):
+        raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) cannot train a model that pools "
+                         f"over time (pool={model.pool!r}): its one output per sequence "
+                         f"depends on every step, so a window of k1 steps has no loss of its "
+                         f"own; use k1=None (full BPTT)")
     options = dict(backward_options or {})
     if options.get("return_grad_norms"):
         raise ValueError("backward_options cannot ask for return_grad_norms: train_sequence "
                          "does not collect them; call model.backward(..., "
                          "return_grad_norms=True) directly")
 
-    targets = _check_targets(targets, loss, B, T)
-    # Every window's input is checked here, before the first update: a bad value at step
-    # T - 1 must not fail the call after earlier windows have changed the parameters.
-    x = _checks.as_float_array(x, "x", model.dtype, 3)
-    check = getattr(model, "check_finite", getattr(getattr(model, "recurrent", None),
-                                                   "check_finite", False))
-    if check:
-        _checks.check_finite(x, "x")
+    targets = _check_targets(targets, loss, B, T, _per_sequence(model))
 
     window_state = state  # the state at the current window's start
     final_state = state  # what T = 0 returns: the state unchanged
@@ -202,19 +248,20 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
             "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
 
 
-def _check_targets(targets, loss, B, T):
+def _check_targets(targets, loss, B, T, per_sequence):
     """Targets of the shape ``loss`` needs, checked before any update."""
     targets = np.asarray(targets)
+    one = per_sequence or loss.endswith("_last")  # one target per sequence
     if loss.startswith("cross_entropy"):
         if targets.dtype.kind not in "iu":
             raise TypeError(f"targets must hold integer class indices for {loss!r}, got dtype "
                             f"{targets.dtype}")
-        want, meaning = ((B,), "(B,)") if loss.endswith("_last") else ((B, T), "(B, T)")
+        want, meaning = ((B,), "(B,)") if one else ((B, T), "(B, T)")
         _checks.expect_shape(targets, "targets", want, meaning)
     else:
         _checks.check_float_array(targets, "targets", np.float64, None)
-        want = (B,) if loss.endswith("_last") else (B, T)
-        nd = 2 if loss.endswith("_last") else 3
+        want = (B,) if one else (B, T)
+        nd = 2 if one else 3
         if targets.ndim != nd or targets.shape[:len(want)] != want:
             raise ValueError(f"targets must have shape {'(B, C)' if nd == 2 else '(B, T, C)'} "
                              f"with {'B' if nd == 2 else '(B, T)'} = {want} for {loss!r}, got "
@@ -255,17 +302,23 @@ def _check_data(data, name):
 
 
 def evaluate(model, data, loss="cross_entropy", batch_size=256):
-    """Mean loss over ``data`` (and accuracy for the cross-entropy losses), inference only."""
+    """Mean loss over ``data`` (and accuracy for the cross-entropy losses), inference only.
+
+    ``data`` and ``loss`` as for ``fit`` (targets per sequence for a model with a pool).
+    """
     _check_data(data, "data")
+    _check_loss(model, loss)
+    per_sequence = _per_sequence(model)
     total, weight, correct, counted = 0.0, 0, 0, 0
     for x, targets, lengths in _batches(data, batch_size, None):
         logits, _ = model(x, None, lengths)
-        value, _ = sequence_loss(loss, logits, targets, lengths)
+        value, _ = sequence_loss(loss, logits, targets, None if per_sequence else lengths)
         total += value * len(x)
         weight += len(x)
         if loss.startswith("cross_entropy"):
-            if loss.endswith("_last"):
-                pred, want = losses.last_step(logits, lengths).argmax(-1), np.asarray(targets)
+            if per_sequence or loss.endswith("_last"):
+                last = logits if per_sequence else losses.last_step(logits, lengths)
+                pred, want = last.argmax(-1), np.asarray(targets)
                 mask = np.ones(len(want), bool)
             else:
                 pred, want = logits.argmax(-1), np.asarray(targets)
@@ -290,7 +343,10 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     ----------
     data : (x, targets) or (x, targets, lengths) arrays, split into batches of ``batch_size``
         rows (shuffled each epoch when ``shuffle``); or an iterable of such batches, used as
-        it comes (re-iterated every epoch, so pass a list or a re-iterable object).
+        it comes (re-iterated every epoch, so pass a list or a re-iterable object). ``x`` is
+        (N, T, D) real features, or (N, T) integer ids for a model that starts with an
+        ``Embedding``. Targets are per step, or per sequence for the ``"_last"`` losses and
+        for a model with a pool (see ``train_sequence``).
     seed : int
         Seeds the shuffling of each epoch (from ``seed`` and the epoch's number, so a run
         resumed at ``initial_epoch`` shuffles as the uninterrupted run did). The same seed
@@ -317,8 +373,7 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         _check_data(validation, "validation")
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
-    if loss not in LOSSES:
-        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    _check_loss(model, loss)
     history, best, best_params, waited = [], math.inf, None, 0
     for epoch in range(initial_epoch, initial_epoch + epochs):
         rng = np.random.default_rng([seed, epoch]) if shuffle else None
