@@ -7,6 +7,8 @@
 #include <pybind11/stl.h>
 
 #include <cmath>
+#include <functional>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -37,7 +39,8 @@ namespace {
 #define REVERSE_DOC                                                                           \
   "reverse=True walks time down, as the reverse direction of a bidirectional layer: each "   \
   "sequence starts at its last valid step from the initial state; y[:, t] stays step t's "   \
-  "output. backward takes the same reverse as the forward it follows."
+  "output. backward takes the same reverse as the forward it follows. defer=True returns a "  \
+  "Deferred call instead of computing, for run_concurrently."
 
 std::string shape_str(const std::vector<py::ssize_t>& s) {
   std::ostringstream os;
@@ -166,11 +169,54 @@ py::tuple with_norms(py::tuple result, bool grad_norms, const Array<T>& norms) {
   return py::tuple(items);
 }
 
+// A layer call's computation with the arrays it reads and writes. run_or_defer runs it at once
+// with the GIL released, or with defer=True hands it back, for run_concurrently to run several
+// at the same time (the two directions of a bidirectional layer). It keeps its inputs alive.
+struct Deferred {
+  std::function<void()> job;
+  py::object result;  // what the call returns, written by job
+  py::object inputs;  // what job reads
+  bool done = false;
+};
+
+py::object run_or_defer(py::object result, py::object inputs, std::function<void()> job,
+                        bool defer) {
+  if (defer) return py::cast(Deferred{std::move(job), std::move(result), std::move(inputs)});
+  {
+    py::gil_scoped_release release;
+    job();
+  }
+  return result;
+}
+
+// Runs the deferred calls and returns their results, in order. With two calls and two threads
+// or more allowed, they run at the same time, on this thread and the helper (parallel_chunks),
+// each with half the threads (ThreadShare): the two directions of a layer are independent, and
+// running them side by side halves a step where splitting each call's batch cannot (batch 1).
+py::list run_concurrently(const std::vector<Deferred*>& calls) {
+  for (const Deferred* c : calls)
+    if (c == nullptr || c->done)
+      throw std::invalid_argument("run_concurrently takes calls made with defer=True, each once");
+  for (Deferred* c : calls) c->done = true;
+  {
+    py::gil_scoped_release release;
+    const int n = rnnfast::num_threads().load();
+    const int chunks = calls.size() == 2 && n >= 2 ? 2 : 1;
+    rnnfast::parallel_chunks(Index(calls.size()), chunks, [&](Index b, Index e) {
+      const rnnfast::ThreadShare share(chunks == 2 ? std::max(1, n / 2) : n);
+      for (Index k = b; k < e; ++k) calls[k]->job();
+    });
+  }
+  py::list results;
+  for (const Deferred* c : calls) results.append(c->result);
+  return results;
+}
+
 template <typename T>
-py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
+py::object rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                      const std::string& nonlinearity, bool reverse) {
+                      const std::string& nonlinearity, bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
@@ -182,20 +228,19 @@ py::tuple rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   T* h_n_p = h_n.mutable_data();
   const T* x_p = x.data();
   const T* h0_p = h0.data();
-  {
-    py::gil_scoped_release release;
-    rnn::forward<T>(y_p, h_n_p, x_p, h0_p, w, l, f, reverse, d);
-  }
-  return py::make_tuple(y, h_n);
+  return run_or_defer(py::make_tuple(y, h_n),
+                      py::make_tuple(x, h0, w_ih, w_hh, b_ih, b_hh, lengths), [=] {
+                        rnn::forward<T>(y_p, h_n_p, x_p, h0_p, w, l, f, reverse, d);
+                      }, defer);
 }
 
 template <typename T>
-py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
+py::object rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const Array<T>& w_ih, const Array<T>& w_hh,
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                        const std::optional<Lengths>& lengths, const std::string& nonlinearity,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms, bool reverse) {
+                       bool grad_norms, bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -214,24 +259,26 @@ py::tuple rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   Array<T> db_hh = new_array<T>({bias ? d.H : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  Buffer<T> dh_prev(static_cast<size_t>(d.B * d.H));
+  auto dh_prev = std::make_shared<Buffer<T>>(static_cast<size_t>(d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), d.H, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), d.H, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
-  const rnn::Workspace<T> ws{dh_prev.data()};
+  const rnn::Workspace<T> ws{dh_prev->data()};
   T* dx_p = dx.mutable_data();
   T* dh0_p = dh0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *y_p = y.data(), *dy_p = dy.data(),
           *dh_n_p = dh_n.data();
-  {
-    py::gil_scoped_release release;
-    rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, reverse, ws, d);
-  }
   py::object none = py::none();
-  return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                     bias ? py::object(db_hh) : none),
-                       grad_norms, norms);
+  return run_or_defer(
+      with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                                   bias ? py::object(db_hh) : none),
+                    grad_norms, norms),
+      py::make_tuple(x, h0, y, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n), [=]() mutable {
+        (void)dh_prev;  // the workspace lives as long as the job
+        rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, reverse,
+                         ws, d);
+      }, defer);
 }
 
 template <typename T>
@@ -240,24 +287,24 @@ void def_rnn(py::module_& m) {
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("nonlinearity"),
-        py::arg("reverse") = false,
+        py::arg("reverse") = false, py::arg("defer") = false,
         "One RNN layer over the whole sequence. Returns (y (B, T, H), h_n (B, H)). " REVERSE_DOC);
   m.def("rnn_backward", &rnn_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("y").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
         "Backpropagation through time for one RNN layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
 }
 
 template <typename T>
-py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
+py::object lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
                        const Array<T>& w_ih, const Array<T>& w_hh,
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
-                       const std::optional<Lengths>& lengths, bool reverse) {
+                       const std::optional<Lengths>& lengths, bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -271,21 +318,21 @@ py::tuple lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0
   T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *c_n_p = c_n.mutable_data(),
     *gates_p = gates.mutable_data(), *c_p = c.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data();
-  {
-    py::gil_scoped_release release;
-    lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l, reverse, d);
-  }
-  return py::make_tuple(y, h_n, c_n, gates, c);
+  return run_or_defer(py::make_tuple(y, h_n, c_n, gates, c),
+                      py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths), [=] {
+                        lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l,
+                                         reverse, d);
+                      }, defer);
 }
 
 template <typename T>
-py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
+py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
                         const Array<T>& y, const Array<T>& gates, const Array<T>& c,
                         const Array<T>& w_ih, const Array<T>& w_hh,
                         const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                         const std::optional<Lengths>& lengths, const Array<T>& dy,
                         const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
-                        bool grad_norms, bool reverse) {
+                        bool grad_norms, bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -311,28 +358,29 @@ py::tuple lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   // The (B, H) buffers; the fourth only where a reverse walk with lengths may need it.
   const bool mixed_prev = reverse && l != nullptr;
-  Buffer<T> steps(static_cast<size_t>((mixed_prev ? 4 : 3) * d.B * d.H));
+  auto steps = std::make_shared<Buffer<T>>(static_cast<size_t>((mixed_prev ? 4 : 3) * d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
   const Index BH = d.B * d.H;
-  const lstm::Workspace<T> ws{steps.data(), steps.data() + BH, steps.data() + 2 * BH,
-                              mixed_prev ? steps.data() + 3 * BH : nullptr};
+  T* s = steps->data();
+  const lstm::Workspace<T> ws{s, s + BH, s + 2 * BH, mixed_prev ? s + 3 * BH : nullptr};
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
           *gates_p = gates.data(), *c_p = c.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data(),
           *dc_n_p = dc_n.data();
-  {
-    py::gil_scoped_release release;
-    lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l, dy_p,
-                      dh_n_p, dc_n_p, opt, reverse, ws, d);
-  }
   py::object none = py::none();
-  return with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh,
-                                     bias ? py::object(db_ih) : none,
-                                     bias ? py::object(db_hh) : none),
-                       grad_norms, norms);
+  return run_or_defer(
+      with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                                   bias ? py::object(db_hh) : none),
+                    grad_norms, norms),
+      py::make_tuple(x, h0, c0, y, gates, c, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n, dc_n),
+      [=]() mutable {
+        (void)steps;  // the workspace lives as long as the job
+        lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l,
+                          dy_p, dh_n_p, dc_n_p, opt, reverse, ws, d);
+      }, defer);
 }
 
 template <typename T>
@@ -341,7 +389,7 @@ void def_lstm(py::module_& m) {
         py::arg("c0").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
-        py::arg("reverse") = false,
+        py::arg("reverse") = false, py::arg("defer") = false,
         "One LSTM layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), c_n (B, H), "
         "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward. "
         REVERSE_DOC);
@@ -351,17 +399,17 @@ void def_lstm(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
         "Backpropagation through time for one LSTM layer. "
         "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are "
         "None when the layer has none. " STEP_OPTIONS_DOC " The cell path dc is not clipped.");
 }
 
 template <typename T>
-py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
+py::object gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                      bool reverse) {
+                      bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
@@ -370,25 +418,26 @@ py::tuple gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_i
   Array<T> h_n = new_array<T>({d.B, d.H});
   Array<T> gates = new_array<T>({d.B, d.T, 3 * d.H});
   Array<T> a_hn = new_array<T>({d.B, d.T, d.H});
-  Buffer<T> ah(static_cast<size_t>(d.B * 3 * d.H));
-  const gru::ForwardWorkspace<T> ws{ah.data()};
+  auto ah = std::make_shared<Buffer<T>>(static_cast<size_t>(d.B * 3 * d.H));
+  const gru::ForwardWorkspace<T> ws{ah->data()};
   T *y_p = y.mutable_data(), *h_n_p = h_n.mutable_data(), *gates_p = gates.mutable_data(),
     *a_hn_p = a_hn.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data();
-  {
-    py::gil_scoped_release release;
-    gru::forward<T>(y_p, h_n_p, gates_p, a_hn_p, x_p, h0_p, w, l, reverse, ws, d);
-  }
-  return py::make_tuple(y, h_n, gates, a_hn);
+  return run_or_defer(py::make_tuple(y, h_n, gates, a_hn),
+                      py::make_tuple(x, h0, w_ih, w_hh, b_ih, b_hh, lengths), [=] {
+                        (void)ah;  // the workspace lives as long as the job
+                        gru::forward<T>(y_p, h_n_p, gates_p, a_hn_p, x_p, h0_p, w, l, reverse,
+                                        ws, d);
+                      }, defer);
 }
 
 template <typename T>
-py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
+py::object gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
                        const Array<T>& gates, const Array<T>& a_hn, const Array<T>& w_ih,
                        const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                        const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms, bool reverse) {
+                       bool grad_norms, bool reverse, bool defer) {
   const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
@@ -409,28 +458,32 @@ py::tuple gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y,
   Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  Buffer<T> dah(static_cast<size_t>(d.B * GH));
+  auto dah = std::make_shared<Buffer<T>>(static_cast<size_t>(d.B * GH));
   // dh_total, dh_prev, and h_prev only where a reverse walk with lengths may need it
   const bool mixed_prev = reverse && l != nullptr;
-  Buffer<T> steps(static_cast<size_t>((mixed_prev ? 3 : 2) * d.B * d.H));
+  auto steps = std::make_shared<Buffer<T>>(static_cast<size_t>((mixed_prev ? 3 : 2) * d.B * d.H));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
                   MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
                   bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
-  const gru::Workspace<T> ws{dah.data(), steps.data(), steps.data() + d.B * d.H,
-                             mixed_prev ? steps.data() + 2 * d.B * d.H : nullptr};
+  T* s = steps->data();
+  const gru::Workspace<T> ws{dah->data(), s, s + d.B * d.H,
+                             mixed_prev ? s + 2 * d.B * d.H : nullptr};
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *y_p = y.data(), *gates_p = gates.data(),
           *a_hn_p = a_hn.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data();
-  {
-    py::gil_scoped_release release;
-    gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p,
-                     opt, reverse, ws, d);
-  }
   py::object none = py::none();
-  return with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                     bias ? py::object(db_hh) : none),
-                       grad_norms, norms);
+  return run_or_defer(
+      with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
+                                   bias ? py::object(db_hh) : none),
+                    grad_norms, norms),
+      py::make_tuple(x, h0, y, gates, a_hn, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n),
+      [=]() mutable {
+        (void)dah;  // the workspaces live as long as the job
+        (void)steps;
+        gru::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, gates_p, a_hn_p, w, l, dy_p, dh_n_p,
+                         opt, reverse, ws, d);
+      }, defer);
 }
 
 template <typename T>
@@ -438,7 +491,7 @@ void def_gru(py::module_& m) {
   m.def("gru_forward", &gru_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
-        py::arg("lengths").noconvert().none(true), py::arg("reverse") = false,
+        py::arg("lengths").noconvert().none(true), py::arg("reverse") = false, py::arg("defer") = false,
         "One GRU layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), "
         "gates (B, T, 3H), a_hn (B, T, H)); gates (activated r, z, n) and a_hn "
         "(W_hn h_{t-1} + b_hn) are for backward. " REVERSE_DOC);
@@ -448,7 +501,7 @@ void def_gru(py::module_& m) {
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("dy").noconvert(),
         py::arg("dh_n").noconvert(), py::arg("clip_per_step") = 0.0,
-        py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
         "Backpropagation through time for one GRU layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
@@ -483,6 +536,12 @@ PYBIND11_MODULE(_core, m) {
   def_lstm<double>(m);
   def_gru<float>(m);
   def_gru<double>(m);
+
+  py::class_<Deferred>(m, "Deferred", "A layer call made with defer=True: pass it to "
+                                      "run_concurrently.");
+  m.def("run_concurrently", &run_concurrently, py::arg("calls"),
+        "Runs layer calls made with defer=True, at the same time where threads allow (two "
+        "calls, two threads or more), and returns their results in order.");
 
   // Threads of Eigen's products (OpenMP builds; otherwise always 1). Default: OMP_NUM_THREADS.
   m.def("all_finite", &all_finite<float>, py::arg("a").noconvert());

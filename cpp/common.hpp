@@ -161,6 +161,28 @@ inline std::atomic<int>& num_threads() {
   return n;
 }
 
+// The threads a layer call on this thread may use: num_threads(), unless the call is one of
+// several run at the same time (run_concurrently in bindings.cpp: the two directions of a
+// bidirectional layer), which gives each of its threads a share for as long as a ThreadShare
+// lives.
+inline int& thread_share() {
+  thread_local int share = 0;  // 0: no share given, num_threads() holds
+  return share;
+}
+inline int allowed_threads() {
+  const int share = thread_share();
+  return share > 0 ? share : num_threads().load(std::memory_order_relaxed);
+}
+struct ThreadShare {
+  explicit ThreadShare(int n) : before_(thread_share()) { thread_share() = n; }
+  ~ThreadShare() { thread_share() = before_; }
+  ThreadShare(const ThreadShare&) = delete;
+  ThreadShare& operator=(const ThreadShare&) = delete;
+
+ private:
+  int before_;
+};
+
 // The sequences of a batch are independent in both time loops, so a layer call splits its
 // batch into contiguous chunks, one thread each, and every thread runs the whole loop on its
 // rows: no synchronisation per step (a per-step split of the recurrent product would need two
@@ -169,7 +191,7 @@ inline std::atomic<int>& num_threads() {
 // 1 means the exact serial code path, bit for bit as without threads. For a given count, the
 // chunks and so the results are always the same.
 inline int split_count(const Dims& d, Index G) {
-  const int n = num_threads().load(std::memory_order_relaxed);
+  const int n = allowed_threads();
   if (n <= 1 || d.B < 2) return 1;
   const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.H);
   if (macs < double(1 << 22)) return 1;
@@ -181,7 +203,7 @@ inline int split_count(const Dims& d, Index G) {
 // 2 threads allowed, and with enough of that work to pay for handing it over (input side
 // ≥ 2^18 MACs, ~10 µs) in pieces of a few steps (T ≥ 32). nullptr: the call runs serially.
 inline Helper* helper_for(const Dims& d, Index G) {
-  if (num_threads().load(std::memory_order_relaxed) < 2 || split_count(d, G) != 1) return nullptr;
+  if (allowed_threads() < 2 || split_count(d, G) != 1) return nullptr;
   const double input_macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D);
   if (d.T < 32 || input_macs < double(1 << 18)) return nullptr;
   return Helper::get();

@@ -127,6 +127,11 @@ def test_bidirectional_on_two_threads(threads, cell, dims, dtype):
     again = _step(fast, *data, 0.5)
     for k in want:
         np.testing.assert_array_equal(got[k], again[k], err_msg=k)
+    # The two directions of a layer ran side by side, one thread each: one thread's bits.
+    threads(1)
+    serial = _step(fast, *data, 0.5)
+    for k in want:
+        np.testing.assert_array_equal(got[k], serial[k], err_msg=k)
 
 
 def test_concurrent_python_threads_share_the_helper(threads):

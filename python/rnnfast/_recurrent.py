@@ -20,6 +20,7 @@ import warnings
 import numpy as np
 
 from . import _checks
+from . import _core
 from ._core import all_finite
 
 
@@ -322,16 +323,17 @@ class Recurrent:
         states = self._layer_states(state, B, "state")
         layer_params = self._layer_params()
 
-        layer_forward = self._layer_forward
+        forward_args, forward_out = self._forward_args, self._forward_out
         finals, layers, masks = [], [], []
         inp = x
         for k in range(L):
             outs = []
-            for d in range(N):
-                i = k * N + d
-                y, s_n, saved = layer_forward(inp, states[i], layer_params[i], lengths, d == 1)
+            calls = [forward_args(inp, states[k * N + d], layer_params[k * N + d], lengths, d == 1)
+                     for d in range(N)]
+            for d, out in enumerate(self._run_calls(self._forward_fn, calls)):
+                y, s_n, saved = forward_out(out)
                 finals.append(s_n)
-                layers.append((inp, states[i], y, saved))
+                layers.append((inp, states[k * N + d], y, saved))
                 outs.append(y)
             y = outs[0] if N == 1 else np.concatenate(outs, axis=2)
             mask = None
@@ -421,19 +423,22 @@ class Recurrent:
         layer_grads = [None] * (L * N)
         norms = np.zeros((L * N, T), self.dtype) if grad_norms else None  # (L·N, T)
         step = {"clip_per_step": clip, "grad_norms": grad_norms}
-        layer_backward, lengths = self._layer_backward, cache.lengths
+        backward_args, backward_out, lengths = self._backward_args, self._backward_out, cache.lengths
         d_out = dy
         for k in reversed(range(L)):
             if cache.masks[k] is not None:
                 d_out = d_out * cache.masks[k]  # y = y_k ⊙ mask
-            d_in = None
+            calls = []
             for d in range(N):
                 i = k * N + d
-                x, s0, y, saved = cache.layers[i]
                 # y = [y_forward y_reverse] along features: each direction gets its half
                 dy_d = d_out if N == 1 else np.ascontiguousarray(d_out[:, :, d * H:(d + 1) * H])
-                dx, dstate0[i], layer_grads[i], *layer_norms = layer_backward(
-                    x, s0, y, saved, layer_params[i], lengths, dy_d, dstates[i], step, d == 1)
+                calls.append(backward_args(*cache.layers[i], layer_params[i], lengths, dy_d,
+                                           dstates[i], step, d == 1))
+            d_in = None
+            for d, out in enumerate(self._run_calls(self._backward_fn, calls)):
+                i = k * N + d
+                dx, dstate0[i], layer_grads[i], *layer_norms = backward_out(out)
                 d_in = dx if d_in is None else d_in + dx  # both directions read the same x
                 if grad_norms:
                     norms[i] = _mean_over_sequences(layer_norms[0], lengths)
@@ -447,19 +452,47 @@ class Recurrent:
 
     # -- what a cell supplies ---------------------------------------------------------------
 
-    def _layer_forward(self, x, state0, p, lengths, reverse):
-        """One layer in one direction (``reverse``: walking time down): returns (y, final
-        state tuple, saved tuple). ``p`` is the layer's ``(weight_ih, weight_hh, bias_ih,
-        bias_hh)``."""
+    # A cell supplies its layer functions (``_forward_fn``, ``_backward_fn``: rnnfast._core's
+    # or rnnfast.reference's) and how the stack's arguments map onto theirs and back:
+
+    def _forward_args(self, x, state0, p, lengths, reverse):
+        """The positional arguments of ``_forward_fn`` for one layer in one direction
+        (``reverse``: walking time down); ``p`` is the layer's ``(weight_ih, weight_hh,
+        bias_ih, bias_hh)``."""
         raise NotImplementedError
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
-        """One layer in one direction: returns (dx, dstate0 tuple, the tuple of the four parameter gradients
-        (dweight_ih, dweight_hh, dbias_ih, dbias_hh), the biases' None without bias), and the
-        (B, T) norms of dL/dh_t last when ``step["grad_norms"]``. ``step`` holds the backward
-        functions' ``clip_per_step`` (0 for off) and ``grad_norms``, to be passed by position
-        (keywords cost microseconds per call through pybind11)."""
+    def _forward_out(self, out):
+        """``_forward_fn``'s result -> (y, final state tuple, saved tuple)."""
         raise NotImplementedError
+
+    def _backward_args(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+        """The positional arguments of ``_backward_fn`` (keywords cost microseconds per call
+        through pybind11). ``step`` holds ``clip_per_step`` (0 for off) and ``grad_norms``."""
+        raise NotImplementedError
+
+    def _backward_out(self, out):
+        """``_backward_fn``'s result -> (dx, dstate0 tuple, the tuple of the four parameter
+        gradients (dweight_ih, dweight_hh, dbias_ih, dbias_hh), the biases' None without
+        bias), and the (B, T) norms of dL/dh_t last when ``step["grad_norms"]``."""
+        raise NotImplementedError
+
+    def _layer_forward(self, x, state0, p, lengths, reverse):
+        """One layer in one direction: (y, final state tuple, saved tuple)."""
+        return self._forward_out(self._forward_fn(*self._forward_args(x, state0, p, lengths,
+                                                                      reverse)))
+
+    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+        """One layer in one direction: see ``_backward_out``."""
+        return self._backward_out(self._backward_fn(*self._backward_args(
+            x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse)))
+
+    def _run_calls(self, fn, calls):
+        """``fn(*args)`` for each args in ``calls``: the directions of one layer. Two compiled
+        calls with two threads allowed run at the same time, one thread each
+        (``_core.run_concurrently``): their results are those of one thread, bit for bit."""
+        if len(calls) == 2 and self.backend == "cpp" and _core.get_num_threads() >= 2:
+            return _core.run_concurrently([fn(*args, defer=True) for args in calls])
+        return [fn(*args) for args in calls]
 
     def to_torch(self):
         """The equivalent ``torch.nn.RNN``, ``LSTM`` or ``GRU`` (``batch_first=True``), same

@@ -148,7 +148,7 @@ def load(path):
     if meta.get("rng_state") is not None and hasattr(model, "rng_state"):
         try:
             model.rng_state = meta["rng_state"]
-        except (TypeError, ValueError, KeyError) as e:
+        except (TypeError, ValueError, LookupError, OverflowError) as e:  # the file's JSON
             raise ValueError(f"{path}: its rng_state cannot be restored: {e}") from None
 
     optimizer_state = None

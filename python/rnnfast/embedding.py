@@ -59,11 +59,11 @@ def scatter_add_rows(ids, rows, num_rows):
 
     Notes
     -----
-    ``np.add.at`` runs its fast loop only for one index per element, so the rows are
-    scattered as N·E flat indices into the flat table: 2-5x faster than ``np.add.at`` on
-    rows, and faster than a stable sort with ``np.add.reduceat`` or ``np.bincount`` in
-    float32 (bench/embedding_scatter.py). It costs N·E index words (8 bytes each) for the
-    length of the call.
+    ``np.add.at`` is fastest with one index per element of a 1-D array (its fast loop, NumPy
+    1.25 and later), so the rows are scattered as N·E flat indices into the flat table: 2-5x
+    faster than ``np.add.at`` on rows, and faster than a stable sort with ``np.add.reduceat``
+    or ``np.bincount`` in float32 (bench/embedding_scatter.py). It costs N·E index words
+    (8 bytes each) for the length of the call.
     """
     E = rows.shape[1]
     out = np.zeros(num_rows * E, rows.dtype)  # (V·E,)

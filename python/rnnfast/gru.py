@@ -76,13 +76,18 @@ class GRU(Recurrent):
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.gru_forward, impl.gru_backward
 
-    def _layer_forward(self, x, state0, p, lengths, reverse):
-        y, h_n, gates, a_hn = self._forward_fn(x, state0[0], *p, lengths, reverse)
+    def _forward_args(self, x, state0, p, lengths, reverse):
+        return (x, state0[0], *p, lengths, reverse)
+
+    def _forward_out(self, out):
+        y, h_n, gates, a_hn = out
         return y, (h_n,), (gates, a_hn)
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+    def _backward_args(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         gates, a_hn = saved
-        dx, dh0, *grads = self._backward_fn(
-            x, state0[0], y, gates, a_hn, *p, lengths, dy, dstate_n[0], step["clip_per_step"],
-            step["grad_norms"], reverse)
+        return (x, state0[0], y, gates, a_hn, *p, lengths, dy, dstate_n[0],
+                step["clip_per_step"], step["grad_norms"], reverse)
+
+    def _backward_out(self, out):
+        dx, dh0, *grads = out
         return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

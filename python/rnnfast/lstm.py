@@ -75,14 +75,19 @@ class LSTM(Recurrent):
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.lstm_forward, impl.lstm_backward
 
-    def _layer_forward(self, x, state0, p, lengths, reverse):
+    def _forward_args(self, x, state0, p, lengths, reverse):
         h0, c0 = state0
-        y, h_n, c_n, gates, c = self._forward_fn(x, h0, c0, *p, lengths, reverse)
+        return (x, h0, c0, *p, lengths, reverse)
+
+    def _forward_out(self, out):
+        y, h_n, c_n, gates, c = out
         return y, (h_n, c_n), (gates, c)
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+    def _backward_args(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         (h0, c0), (gates, c), (dh_n, dc_n) = state0, saved, dstate_n
-        dx, dh0, dc0, *grads = self._backward_fn(
-            x, h0, c0, y, gates, c, *p, lengths, dy, dh_n, dc_n, step["clip_per_step"],
-            step["grad_norms"], reverse)
+        return (x, h0, c0, y, gates, c, *p, lengths, dy, dh_n, dc_n, step["clip_per_step"],
+                step["grad_norms"], reverse)
+
+    def _backward_out(self, out):
+        dx, dh0, dc0, *grads = out
         return dx, (dh0, dc0), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for

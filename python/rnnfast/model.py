@@ -126,7 +126,9 @@ class Model:
         from the recurrent outputs before the read-out (see ``pool_forward``), and the logits
         are (B, C): ``"last"``, the last valid step of each direction as PyTorch's ``h_n``
         (forward half at step lengths[b] - 1, reverse half at step 0); ``"mean"``, the mean
-        over the valid steps. Every sequence needs at least one step.
+        over the valid steps. Every sequence needs at least one step. Train a pooled model
+        by full BPTT with ``fit(..., loss="cross_entropy")`` and class targets (B,), or
+        ``loss="mse"`` and targets (B, C).
 
     Attributes
     ----------

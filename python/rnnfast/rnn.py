@@ -71,14 +71,19 @@ class RNN(Recurrent):
         impl = _core if backend == "cpp" else reference
         self._forward_fn, self._backward_fn = impl.rnn_forward, impl.rnn_backward
 
-    def _layer_forward(self, x, state0, p, lengths, reverse):
-        y, h_n = self._forward_fn(x, state0[0], *p, lengths, self.nonlinearity, reverse)
+    def _forward_args(self, x, state0, p, lengths, reverse):
+        return (x, state0[0], *p, lengths, self.nonlinearity, reverse)
+
+    def _forward_out(self, out):
+        y, h_n = out
         return y, (h_n,), ()
 
-    def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
-        dx, dh0, *grads = self._backward_fn(
-            x, state0[0], y, *p, lengths, self.nonlinearity, dy, dstate_n[0],
-            step["clip_per_step"], step["grad_norms"], reverse)
+    def _backward_args(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
+        return (x, state0[0], y, *p, lengths, self.nonlinearity, dy, dstate_n[0],
+                step["clip_per_step"], step["grad_norms"], reverse)
+
+    def _backward_out(self, out):
+        dx, dh0, *grads = out
         return dx, (dh0,), tuple(grads[:4]), *grads[4:]  # grads[4:]: the norms, if asked for
 
     def _config_extra(self):
