@@ -1,7 +1,8 @@
 """Benchmark one training step of rnnfast against its NumPy reference, PyTorch and JAX.
 
-    python bench/run.py [--configs ...] [--cells ...] [--threads 1 2] [--repeats N]
-                        [--json out.json] [--plot out.png] [--quick]
+    python bench/run.py [--suite default|bidirectional] [--configs ...] [--cells ...]
+                        [--threads 1 2] [--repeats N] [--json out.json] [--plot out.png]
+                        [--quick]
 
 A thin wrapper: the harness is rnnfast.bench (importable, and what `rnnfast bench` will call).
 See bench/README.md for how it measures and for the results on the development machine.

@@ -1,16 +1,24 @@
-"""Issue 5's targets, read off one run of bench/run.py: a Markdown table per thread count.
+"""The targets, read off one run of bench/run.py: a Markdown table per thread count.
 
     python bench/summary.py bench/results/2026-11-25-session2.json
 
 Per (config, cell): rnnfast's median, how many times faster it is than the best of PyTorch
 and JAX (and which) and than its NumPy reference, the fraction of the matmul ceiling it
 reached, and its peak memory against PyTorch's. Ratios above 1 favour rnnfast.
+
+A run of ``--suite bidirectional`` also gets the bidirectional targets, each said to hold or
+not: at 2 threads, rnnfast faster than the best of PyTorch and JAX by at least 1.3x on every
+row and 3x at online; rnnfast's bidirectional layer at 2 threads within 1.2x the time of its
+unidirectional layer at 1 thread (the pairs, timed in one process).
 """
 
 import json
 import sys
 
 PEERS = ("torch", "jax")
+BI_THREADS = 2  # the bidirectional targets are stated at 2 threads
+VS_PEERS, VS_PEERS_ONLINE = 1.3, 3.0  # x the best of PyTorch and JAX, at least
+BI_OVER_UNI = 1.2  # bidirectional at 2 threads / unidirectional at 1 thread, at most
 
 
 def rows(run):
@@ -48,6 +56,58 @@ def table(run):
     return "\n".join(lines)
 
 
+def verdict(ok):
+    return "**holds**" if ok else "**does not hold**"
+
+
+def bidirectional_targets(result):
+    """Markdown: every bidirectional target per row with its numbers, then one line each."""
+    run = next((r for r in result["runs"] if r["threads"] == BI_THREADS), None)
+    if run is None:
+        return f"Bidirectional targets: no run at {BI_THREADS} threads in this file."
+    lines = [f"Bidirectional targets, {BI_THREADS} threads", "",
+             "| config | cell | rnnfast ms | best peer ms | × best peer | needed | holds | "
+             f"uni@1 ms | bi@{BI_THREADS} ms | bi@{BI_THREADS} / uni@1 | holds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    pairs = {(p["config"], p["cell"]): p["impls"] for p in run.get("pairs", [])}
+    peer_ok, pair_ok = {}, {}
+    for row, r in zip(run["rows"], rows(run)):
+        key = (r["config"], r["cell"])
+        need = VS_PEERS_ONLINE if r["config"] == "online" else VS_PEERS
+        if r["best"]:
+            peer_ok[key] = (r["vs_best"], need, r["vs_best"] >= need)
+            peer = (f"{row['impls'][r['best']]['median_s'] * 1e3:.2f} ({r['best']}) | "
+                    f"{r['vs_best']:.2f} | ≥ {need:g} | {'yes' if peer_ok[key][2] else 'no'}")
+        else:
+            peer = "– | – | – | not measured"
+        p = pairs.get(key)
+        if p:
+            uni, bi = p["uni@1"]["median_s"], p[f"bi@{BI_THREADS}"]["median_s"]
+            pair_ok[key] = (bi / uni, bi / uni <= BI_OVER_UNI)
+            pair = (f"{uni * 1e3:.2f} | {bi * 1e3:.2f} | {bi / uni:.2f} | "
+                    f"{'yes' if pair_ok[key][1] else 'no'}")
+        else:
+            pair = "– | – | – | not measured"
+        lines.append(f"| {r['config']} | {r['cell']} | {r['ms']:.2f} | {peer} | {pair} |")
+
+    def said(name, found, ratio):
+        if not found:
+            return f"- {name}: not measured in this file."
+        misses = [f"{c} {cell} {v[0]:.2f}" for (c, cell), v in found.items() if not v[-1]]
+        values = [v[0] for v in found.values()]
+        return (f"- {name}: {verdict(not misses)} ({ratio} {min(values):.2f}–{max(values):.2f}"
+                + (f"; misses: {', '.join(misses)}" if misses else "") + ").")
+    online = {k: v for k, v in peer_ok.items() if k[0] == "online"}
+    others = {k: v for k, v in peer_ok.items() if k[0] != "online"}
+    peers = "the best of PyTorch and JAX"
+    lines += ["",
+              said(f"≥ {VS_PEERS:g}× {peers}, every row but online", others, "×"),
+              said(f"≥ {VS_PEERS_ONLINE:g}× {peers} at online", online, "×"),
+              said(f"bidirectional at {BI_THREADS} threads ≤ {BI_OVER_UNI:g}× unidirectional "
+                   "at 1 thread", pair_ok, "ratio")]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -58,6 +118,8 @@ def main(argv=None):
     m = result["machine"]
     print(f"{result['date']}, {m['cpu']}, {m['cores']} cores: `python bench/{result['command']}`\n")
     print("\n\n".join(table(run) for run in result["runs"]))
+    if result.get("suite") == "bidirectional":
+        print("\n" + bidirectional_targets(result))
     return 0
 
 

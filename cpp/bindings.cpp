@@ -137,7 +137,8 @@ LayerWeights<T> weights(const Array<T>& w_ih, const Array<T>& w_hh,
                         const Dims& d, Index G) {
   if (b_ih.has_value() != b_hh.has_value())
     throw std::invalid_argument("bias_ih and bias_hh must both be given or both be None");
-  return {ConstMatrixMap<T>(w_ih.data(), G * d.H, d.D), ConstMatrixMap<T>(w_hh.data(), G * d.H, d.H),
+  return {ConstMatrixMap<T>(w_ih.data(), G * d.H, d.D),
+          ConstMatrixMap<T>(w_hh.data(), G * d.H, d.state()),
           bias_ptr<T>(b_ih, G * d.H, "bias_ih"), bias_ptr<T>(b_hh, G * d.H, "bias_hh")};
 }
 
@@ -294,24 +295,46 @@ void def_rnn(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("defer") = false,
         "Backpropagation through time for one RNN layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
 }
 
+// The LSTM's dims: with weight_hr (P, H), a projection of P units (h, y and W_hh's columns);
+// without, H from weight_hh as for every cell.
+template <typename T>
+Dims lstm_dims(const Array<T>& x, const Array<T>& w_ih, const Array<T>& w_hh,
+               const std::optional<Array<T>>& w_hr) {
+  if (!w_hr) return layer_dims<T>(x, w_ih, w_hh, 4);
+  if (x.ndim() != 3)
+    throw std::invalid_argument("x must be 3-D (B, T, D), got " + std::to_string(x.ndim()) + "-D");
+  if (w_hr->ndim() != 2 || w_hr->shape(0) < 1 || w_hr->shape(0) >= w_hr->shape(1))
+    throw std::invalid_argument("weight_hr must be 2-D (P, H) with 0 < P < H, got " +
+                                shape_str(std::vector<py::ssize_t>(
+                                    w_hr->shape(), w_hr->shape() + w_hr->ndim())));
+  const Dims d{x.shape(0), x.shape(1), x.shape(2), w_hr->shape(1), w_hr->shape(0)};
+  expect_shape(w_hh, {4 * d.H, d.P}, "weight_hh");
+  expect_shape(w_ih, {4 * d.H, d.D}, "weight_ih");
+  return d;
+}
+
 template <typename T>
 py::object lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
-                       const Array<T>& w_ih, const Array<T>& w_hh,
-                       const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
-                       const std::optional<Lengths>& lengths, bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
-  expect_shape(h0, {d.B, d.H}, "h0");
+                        const Array<T>& w_ih, const Array<T>& w_hh,
+                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                        const std::optional<Lengths>& lengths, bool reverse,
+                        const std::optional<Array<T>>& w_hr, bool defer) {
+  const Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+  const Index S = d.state();
+  expect_shape(h0, {d.B, S}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
-  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  if (w_hr) w.w_hr = w_hr->data();
   const auto* l = lengths_ptr(lengths, d.B, d.T);
-  Array<T> y = new_array<T>({d.B, d.T, d.H});
-  Array<T> h_n = new_array<T>({d.B, d.H});
+  Array<T> y = new_array<T>({d.B, d.T, S});
+  Array<T> h_n = new_array<T>({d.B, S});
   Array<T> c_n = new_array<T>({d.B, d.H});
   Array<T> gates = new_array<T>({d.B, d.T, 4 * d.H});
   Array<T> c = new_array<T>({d.B, d.T, d.H});
@@ -319,7 +342,7 @@ py::object lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
     *gates_p = gates.mutable_data(), *c_p = c.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data();
   return run_or_defer(py::make_tuple(y, h_n, c_n, gates, c),
-                      py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths), [=] {
+                      py::make_tuple(x, h0, c0, w_ih, w_hh, b_ih, b_hh, lengths, w_hr), [=] {
                         lstm::forward<T>(y_p, h_n_p, c_n_p, gates_p, c_p, x_p, h0_p, c0_p, w, l,
                                          reverse, d);
                       }, defer);
@@ -327,45 +350,49 @@ py::object lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
 
 template <typename T>
 py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& c0,
-                        const Array<T>& y, const Array<T>& gates, const Array<T>& c,
-                        const Array<T>& w_ih, const Array<T>& w_hh,
-                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
-                        const std::optional<Lengths>& lengths, const Array<T>& dy,
-                        const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
-                        bool grad_norms, bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 4);
-  expect_shape(h0, {d.B, d.H}, "h0");
+                         const Array<T>& y, const Array<T>& gates, const Array<T>& c,
+                         const Array<T>& w_ih, const Array<T>& w_hh,
+                         const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
+                         const std::optional<Lengths>& lengths, const Array<T>& dy,
+                         const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
+                         bool grad_norms, bool reverse, const std::optional<Array<T>>& w_hr,
+                         bool defer) {
+  const Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+  const Index S = d.state();
+  expect_shape(h0, {d.B, S}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
-  expect_shape(y, {d.B, d.T, d.H}, "y");
+  expect_shape(y, {d.B, d.T, S}, "y");
   expect_shape(gates, {d.B, d.T, 4 * d.H}, "gates");
   expect_shape(c, {d.B, d.T, d.H}, "c");
-  expect_shape(dy, {d.B, d.T, d.H}, "dy");
-  expect_shape(dh_n, {d.B, d.H}, "dh_n");
+  expect_shape(dy, {d.B, d.T, S}, "dy");
+  expect_shape(dh_n, {d.B, S}, "dh_n");
   expect_shape(dc_n, {d.B, d.H}, "dc_n");
-  const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 4);
+  if (w_hr) w.w_hr = w_hr->data();
   const auto* l = lengths_ptr(lengths, d.B, d.T);
   const bool bias = b_ih.has_value();
   const Index GH = 4 * d.H;
 
   Array<T> dx = new_array<T>({d.B, d.T, d.D});
-  Array<T> dh0 = new_array<T>({d.B, d.H});
+  Array<T> dh0 = new_array<T>({d.B, S});
   Array<T> dc0 = new_array<T>({d.B, d.H});
   Array<T> dw_ih = new_array<T>({GH, d.D});
-  Array<T> dw_hh = new_array<T>({GH, d.H});
+  Array<T> dw_hh = new_array<T>({GH, S});
   Array<T> db_ih = new_array<T>({bias ? GH : Index(0)});
   Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
+  Array<T> dw_hr = new_array<T>({w_hr ? d.P : Index(0), w_hr ? d.H : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
-  // The (B, H) buffers; the fourth only where a reverse walk with lengths may need it.
+  // c_prev only where a reverse walk with lengths may need it (lstm::workspace_size)
   const bool mixed_prev = reverse && l != nullptr;
-  auto steps = std::make_shared<Buffer<T>>(static_cast<size_t>((mixed_prev ? 4 : 3) * d.B * d.H));
+  auto steps = std::make_shared<Buffer<T>>(
+      static_cast<size_t>(lstm::workspace_size(d, mixed_prev)));
 
   LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
-                  MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
-                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
-  const Index BH = d.B * d.H;
-  T* s = steps->data();
-  const lstm::Workspace<T> ws{s, s + BH, s + 2 * BH, mixed_prev ? s + 3 * BH : nullptr};
+                  MatrixMap<T>(dw_hh.mutable_data(), GH, S),
+                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr,
+                  w_hr ? dw_hr.mutable_data() : nullptr};
+  const lstm::Workspace<T> ws = lstm::workspace_at(steps->data(), d, mixed_prev);
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
           *gates_p = gates.data(), *c_p = c.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data(),
@@ -373,9 +400,11 @@ py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& 
   py::object none = py::none();
   return run_or_defer(
       with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                   bias ? py::object(db_hh) : none),
+                                   bias ? py::object(db_hh) : none,
+                                   w_hr ? py::object(dw_hr) : none),
                     grad_norms, norms),
-      py::make_tuple(x, h0, c0, y, gates, c, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n, dc_n),
+      py::make_tuple(x, h0, c0, y, gates, c, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n, dc_n,
+                     w_hr),
       [=]() mutable {
         (void)steps;  // the workspace lives as long as the job
         lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l,
@@ -389,9 +418,11 @@ void def_lstm(py::module_& m) {
         py::arg("c0").noconvert(), py::arg("weight_ih").noconvert(),
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
-        py::arg("reverse") = false, py::arg("defer") = false,
-        "One LSTM layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), c_n (B, H), "
+        py::arg("reverse") = false, py::arg("weight_hr").noconvert().none(true) = py::none(),
+        py::arg("defer") = false,
+        "One LSTM layer over the whole sequence. Returns (y (B, T, S), h_n (B, S), c_n (B, H), "
         "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward. "
+        "S = H, or P with weight_hr (P, H), the projection h_t = W_hr (o ⊙ tanh(c_t)). "
         REVERSE_DOC);
   m.def("lstm_backward", &lstm_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("c0").noconvert(), py::arg("y").noconvert(), py::arg("gates").noconvert(),
@@ -399,10 +430,12 @@ void def_lstm(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
-        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
+        py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("weight_hr").noconvert().none(true) = py::none(), py::arg("defer") = false,
         "Backpropagation through time for one LSTM layer. "
-        "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are "
-        "None when the layer has none. " STEP_OPTIONS_DOC " The cell path dc is not clipped.");
+        "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr); the "
+        "biases' are None when the layer has none, dweight_hr without weight_hr. "
+        STEP_OPTIONS_DOC " The cell path dc is not clipped.");
 }
 
 template <typename T>
@@ -491,7 +524,8 @@ void def_gru(py::module_& m) {
   m.def("gru_forward", &gru_forward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
-        py::arg("lengths").noconvert().none(true), py::arg("reverse") = false, py::arg("defer") = false,
+        py::arg("lengths").noconvert().none(true), py::arg("reverse") = false,
+        py::arg("defer") = false,
         "One GRU layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), "
         "gates (B, T, 3H), a_hn (B, T, H)); gates (activated r, z, n) and a_hn "
         "(W_hn h_{t-1} + b_hn) are for backward. " REVERSE_DOC);

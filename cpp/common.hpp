@@ -57,11 +57,19 @@ ConstStepMap<T> at_step(const T* base, Index B, Index T_, Index W, Index t) {
 
 struct Dims {
   Index B, T, D, H;
+  Index P = 0;  // the LSTM's proj_size: h_t has P units, c_t H; 0 for none
+  Index state() const { return P > 0 ? P : H; }  // units of h_t, the state other steps read
 };
 
 // lengths == nullptr means every sequence runs all T steps.
 inline bool is_valid(const std::int64_t* lengths, Index b, Index t) {
   return lengths == nullptr || t < lengths[b];
+}
+
+// p + offset, or nullptr for a buffer that is not there (nullptr + n is undefined behaviour).
+template <typename T>
+T* rows_from(T* p, Index offset) {
+  return p == nullptr ? nullptr : p + offset;
 }
 
 // Which way a layer walks time. Forward: t = 0, 1, ..., T - 1, each step starting from the
@@ -99,22 +107,25 @@ ConstStepMap<T> state_before(const T* saved, const T* initial, T* scratch, Index
   return ConstStepMap<T>(scratch, B, W, Eigen::OuterStride<>(W));
 }
 
-// One layer's parameters, with PyTorch's names and shapes; they travel together.
+// One layer's parameters, with PyTorch's names and shapes; they travel together. S is the
+// state's units: H, or P for an LSTM with a projection.
 template <typename T>
 struct LayerWeights {
   ConstMatrixMap<T> w_ih;  // (G*H, D)
-  ConstMatrixMap<T> w_hh;  // (G*H, H)
+  ConstMatrixMap<T> w_hh;  // (G*H, S)
   const T* b_ih;           // (G*H,), nullptr when the layer has no bias
   const T* b_hh;           // (G*H,), nullptr when the layer has no bias
+  const T* w_hr = nullptr;  // (P, H): the LSTM's projection, nullptr for none
 };
 
 // Where the gradients of one layer's parameters go (same shapes as LayerWeights).
 template <typename T>
 struct LayerGrads {
   MatrixMap<T> dw_ih;  // (G*H, D)
-  MatrixMap<T> dw_hh;  // (G*H, H)
+  MatrixMap<T> dw_hh;  // (G*H, S)
   T* db_ih;            // (G*H,), nullptr when the layer has no bias
   T* db_hh;            // (G*H,), nullptr when the layer has no bias
+  T* dw_hr = nullptr;  // (P, H), nullptr for none
 };
 
 // The two options of backward that act on dL/dh_t inside the time loop. Off by default.
@@ -193,7 +204,7 @@ struct ThreadShare {
 inline int split_count(const Dims& d, Index G) {
   const int n = allowed_threads();
   if (n <= 1 || d.B < 2) return 1;
-  const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.H);
+  const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.state());
   if (macs < double(1 << 22)) return 1;
   return int(std::min<Index>(n, d.B));
 }
@@ -705,8 +716,8 @@ class WindowGrads {
  public:
   using ToRecurrent = std::function<void(MatrixMap<T> da_w, Index t0, Index steps)>;
 
-  // x (B, T, D), y (B, T, H) and h0 (B, H) as the forward saw them; dx (B, T, D) is written;
-  // g's arrays are overwritten with the sums.
+  // x (B, T, D), y (B, T, S) and h0 (B, S) as the forward saw them (S = d.state()); dx
+  // (B, T, D) is written; g's arrays are overwritten with the sums (dw_hr excepted).
   WindowGrads(const Dims& d, Index GH, const T* x, const T* y, const T* h0, T* dx,
               const LayerWeights<T>& w, LayerGrads<T>& g, Helper* helper,
               ToRecurrent to_recurrent = nullptr, const Walk& walk = Walk{})
@@ -716,9 +727,9 @@ class WindowGrads {
         separate_dx_(helper != nullptr && d.B == 1),
         in_place_(!walk.reverse && reads_in_place(GH, d, W_)),
         da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
-        xh_(in_place_ ? 0 : static_cast<std::size_t>(d.B * W_ * (d.D + d.H))),
+        xh_(in_place_ ? 0 : static_cast<std::size_t>(d.B * W_ * (d.D + d.state()))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
-        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.H)) : 0) {
+        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.state())) : 0) {
     g_.dw_ih.setZero();
     g_.dw_hh.setZero();
     if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
@@ -878,7 +889,7 @@ class WindowGrads {
     T* const da = window_da(j);
     const Index steps = t1 - t0;
     if (steps == 0) return;
-    const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.H, rows = B * steps;
+    const Index B = d_.B, T_ = d_.T, D = d_.D, H = d_.state(), rows = B * steps;
     MatrixMap<T> da_w(da, rows, GH_);  // row b·steps + (t − t0) is (b, t)
     const bool in_place = in_place_;
     MatrixMap<T> xh(xh_.data(), in_place ? 0 : rows, D + H);  // [x_t  h_{t-1}]: h0 at t = 0
@@ -967,7 +978,7 @@ class WindowGrads {
   // when it fits in L2 and windows are full (≥ 1024 rows; with fewer, as at online, packing
   // da twice is cheap, and the buffer would be a third of the step's memory).
   static bool column_major_sums(Index GH, const Dims& d, Index W) {
-    return d.B * W >= 1024 && GH * (d.D + d.H) * Index(sizeof(T)) <= (Index(256) << 10);
+    return d.B * W >= 1024 && GH * (d.D + d.state()) * Index(sizeof(T)) <= (Index(256) << 10);
   }
 
   Dims d_;
@@ -1012,14 +1023,16 @@ void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
     run(Index(0), d.B, g, helper_for(d, G));
     return;
   }
-  const Index GH = G * d.H, per = GH * (d.D + d.H) + 2 * GH;
+  const Index GH = G * d.H, S = d.state(), PH = g.dw_hr != nullptr ? d.P * d.H : 0,
+              per = GH * (d.D + S) + 2 * GH + PH;
   Buffer<T> partial(static_cast<std::size_t>((n - 1) * per));
   std::vector<LayerGrads<T>> parts;
   for (int k = 1; k < n; ++k) {
     T* p = partial.data() + (k - 1) * per;
-    parts.push_back({MatrixMap<T>(p, GH, d.D), MatrixMap<T>(p + GH * d.D, GH, d.H),
-                     g.db_ih != nullptr ? p + GH * (d.D + d.H) : nullptr,
-                     g.db_hh != nullptr ? p + GH * (d.D + d.H) + GH : nullptr});
+    parts.push_back({MatrixMap<T>(p, GH, d.D), MatrixMap<T>(p + GH * d.D, GH, S),
+                     g.db_ih != nullptr ? p + GH * (d.D + S) : nullptr,
+                     g.db_hh != nullptr ? p + GH * (d.D + S) + GH : nullptr,
+                     PH > 0 ? p + GH * (d.D + S) + 2 * GH : nullptr});
   }
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     int k = 0;
@@ -1031,6 +1044,7 @@ void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
     g.dw_hh += p.dw_hh;
     if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, GH) += RowVectorMap<T>(p.db_ih, GH);
     if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, GH) += RowVectorMap<T>(p.db_hh, GH);
+    if (PH > 0) RowVectorMap<T>(g.dw_hr, PH) += RowVectorMap<T>(p.dw_hr, PH);
   }
 }
 

@@ -264,7 +264,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
     const Workspace<T> ws_k = {ws.dah + b0 * 3 * H, ws.dh_total + b0 * H, ws.dh_prev + b0 * H,
-                               ws.h_prev + b0 * H};
+                               rows_from(ws.h_prev, b0 * H)};
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H, w,
                      lengths == nullptr ? nullptr : lengths + b0, dy + b0 * T_ * H,

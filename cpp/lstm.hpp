@@ -11,24 +11,44 @@
 // to keep. Past a sequence's length the saved gates and c are zero.
 // Both directions of a bidirectional layer run these loops: `reverse` walks time down (Walk),
 // and then c_{t-1} means the cell state after step t + 1 (state_before).
+//
+// With a projection (proj_size P > 0, w.w_hr (P, H)): m_t = o ⊙ tanh(c_t) and h_t = W_hr m_t
+// has P units, so h, y, W_hh's columns and dL/dh are P wide while the gates and c stay H wide.
+// m_t is recomputed in backward from the saved o and c_t, as tanh(c_t) is.
 #pragma once
 
 #include "common.hpp"
 
 namespace rnnfast::lstm {
 
+// S = d.state(): P with a projection, else H.
 template <typename T>
 struct Workspace {  // backward's buffers, sized once per call before the loop
-  T* dh_total;      // (B, H): dL/dh_t from both the loss at t and step t+1
+  T* dh_total;      // (B, S): dL/dh_t from both the loss at t and step t+1
   T* dc_total;      // (B, H): dL/dc_t from both h_t and c_{t+1}
-  T* dh_prev;       // (B, H): dL/dh_{t-1} before the lengths mask picks its rows
+  T* dh_prev;       // (B, S): dL/dh_{t-1} before the lengths mask picks its rows
   T* c_prev;        // (B, H): c_{t-1} where it mixes saved and initial rows (state_before)
+  T* m = nullptr;   // (B, H): m_t = o ⊙ tanh(c_t), with a projection only
+  T* dm = nullptr;  // (B, H): dL/dm_t = dL/dh_t W_hr, with a projection only
 };
+
+// Backward's sizes of those buffers, in elements, for B sequences.
+inline Index workspace_size(const Dims& d, bool mixed_prev) {
+  return d.B * (2 * d.state() + d.H + (mixed_prev ? d.H : 0) + (d.P > 0 ? 2 * d.H : 0));
+}
+
+template <typename T>
+Workspace<T> workspace_at(T* s, const Dims& d, bool mixed_prev) {
+  const Index BS = d.B * d.state(), BH = d.B * d.H;
+  T* m = s + 2 * BS + BH + (mixed_prev ? BH : 0);
+  return {s, s + 2 * BS, s + BS, mixed_prev ? s + 2 * BS + BH : nullptr,
+          d.P > 0 ? m : nullptr, d.P > 0 ? m + BH : nullptr};
+}
 
 // One sequence's step of forward: the row a = [a_i a_f a_g a_o] of pre-activations, activated
 // in place, c_{t-1} (c_prev) to c_t and h_t; and, unless h_run is nullptr, the running states
-// h_run and c_run set to them (c_run may be c_prev). N elements from each pointer: a packet (N
-// fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
+// h_run and c_run set to them, each unless nullptr (c_run may be c_prev). N elements from each
+// pointer: a packet (N fixed, all in registers) or the rest of a row (N = Dynamic, n of them).
 template <int N, typename T>
 EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c_t, T* h_t,
                                    T* h_run, T* c_run) {
@@ -45,44 +65,51 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c
   Out(a + 3 * H, n) = o;
   Out(c_t, n) = c;
   Out(h_t, n) = h;
-  if (h_run == nullptr) return;
-  Out(h_run, n) = h;
-  Out(c_run, n) = c;
+  if (h_run != nullptr) Out(h_run, n) = h;
+  if (c_run != nullptr) Out(c_run, n) = c;
 }
 
-// Outputs: y (B, T, H), h_n (B, H), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
-// c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, H), c0 (B, H).
+// Outputs: y (B, T, S), h_n (B, S), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
+// c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, S), c0 (B, H).
 template <typename T>
 void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, const T* c0,
                   const LayerWeights<T>& w, const std::int64_t* lengths, bool reverse,
                   const Dims& d, Helper* helper) {
-  const Index B = d.B, T_ = d.T, H = d.H;
+  const Index B = d.B, T_ = d.T, H = d.H, S = d.state();
+  const bool projected = d.P > 0;
   // gates starts as a_t without its recurrent term (InputSide: all steps at once, or a chunk
   // ahead of the loop); the loop adds that term and activates in place, so the
   // pre-activations never need a buffer of their own.
   InputSide<T> input(gates, x, w.w_ih, summed_bias(w), d, helper, reverse);
-  MatrixMap<T> h(h_n, B, H);       // the running states; after the loop they are h_n and c_n
+  MatrixMap<T> h(h_n, B, S);       // the running states; after the loop they are h_n and c_n
   MatrixMap<T> c_run(c_n, B, H);
-  h = ConstMatrixMap<T>(h0, B, H);
+  h = ConstMatrixMap<T>(h0, B, S);
   c_run = ConstMatrixMap<T>(c0, B, H);
   ForwardRecurrent<T> recurrent(w.w_hh, B);
+  // With a projection: m_t, and h_t = m_t W_hr^T with W_hr packed once.
+  Buffer<T> m_buf(static_cast<std::size_t>(projected ? B * H : 0));
+  std::optional<ForwardRecurrent<T>> project;
+  if (projected) project.emplace(ConstMatrixMap<T>(w.w_hr, S, H), B);
   for (Index s = 0; s < T_; ++s) {
     const Index t = reverse ? T_ - 1 - s : s;
     input.reach(t);
     auto a = at_step(gates, B, T_, 4 * H, t);  // (B, 4H)
     recurrent.add(a, h);    // all four gates in one product
     auto c_t = at_step(c, B, T_, H, t);
-    auto h_t = at_step(y, B, T_, H, t);
+    auto h_t = at_step(y, B, T_, S, t);
+    // where o ⊙ tanh(c_t) goes: h_t itself, or m_t before its projection
+    auto m_t = projected ? StepMap<T>(m_buf.data(), B, H, Eigen::OuterStride<>(H)) : h_t;
     if (H <= kPacketRowsUpTo) {
       // One pass over each row, a packet at a time (common.hpp by_packets).
       for (Index b = 0; b < B; ++b) {
         T *a_b = a.data() + b * a.outerStride(), *c_b = c_t.data() + b * c_t.outerStride(),
-          *h_b = h_t.data() + b * h_t.outerStride(), *h_run = h.data() + b * H,
+          *m_b = m_t.data() + b * m_t.outerStride(), *h_run = h.data() + b * S,
           *c_run_b = c_run.data() + b * H;
         const bool running = lengths == nullptr;  // else the states are set below
         by_packets<T>(H, [&](Index j, auto tag, Index n) {
-          cell_step<decltype(tag)::value, T>(n, a_b + j, H, c_run_b + j, c_b + j, h_b + j,
-                                             running ? h_run + j : nullptr, c_run_b + j);
+          cell_step<decltype(tag)::value, T>(n, a_b + j, H, c_run_b + j, c_b + j, m_b + j,
+                                             running && !projected ? h_run + j : nullptr,
+                                             running ? c_run_b + j : nullptr);
         });
       }
     } else {
@@ -93,11 +120,15 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
       const auto i = a.leftCols(H), f = a.middleCols(H, H), g = a.middleCols(2 * H, H),
                  o = a.rightCols(H);
       c_t = f.cwiseProduct(c_run) + i.cwiseProduct(g);
-      h_t = o.array() * c_t.array().tanh();
+      m_t = o.array() * c_t.array().tanh();
       if (lengths == nullptr) {
-        h = h_t;
+        if (!projected) h = h_t;
         c_run = c_t;
       }
+    }
+    if (projected) {
+      project->assign(h_t, m_t);  // h_t = m_t W_hr^T
+      if (lengths == nullptr) h = h_t;
     }
     if (lengths == nullptr) continue;
     // A finished sequence keeps both states and outputs zeros.
@@ -126,12 +157,12 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
                     helper_for(d, 4));
     return;
   }
-  const Index T_ = d.T, D = d.D, H = d.H;
+  const Index T_ = d.T, D = d.D, H = d.H, S = d.state();
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
-    forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, c_n + b0 * H, gates + b0 * T_ * 4 * H,
-                    c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * H, c0 + b0 * H, w,
+    forward_rows<T>(y + b0 * T_ * S, h_n + b0 * S, c_n + b0 * H, gates + b0 * T_ * 4 * H,
+                    c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * S, c0 + b0 * H, w,
                     lengths == nullptr ? nullptr : lengths + b0, reverse,
-                    Dims{b1 - b0, T_, D, H}, nullptr);
+                    Dims{b1 - b0, T_, D, H, d.P}, nullptr);
   });
 }
 
@@ -188,27 +219,38 @@ void gate_grads_rows(Da&& da, MatrixMap<T> dc_total, const Gates& gates, const C
   }
 }
 
-// Outputs: dx (B, T, D), dh0 (B, H), dc0 (B, H), g, and opt.norms (B, T) when asked.
-// Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, H); dh_n, dc_n (B, H), the gradients
-// reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the cell path
-// dc is never clipped (see clip_rows_and_norms).
+// Outputs: dx (B, T, D), dh0 (B, S), dc0 (B, H), g, and opt.norms (B, T) when asked.
+// Inputs: the forward's x, h0, c0, y, gates, c; dy (B, T, S); dh_n (B, S), dc_n (B, H), the
+// gradients reaching the final states; opt, per-step clipping and norms of dL/dh_t only: the
+// cell path dc is never clipped (see clip_rows_and_norms). With a projection g.dw_hr is
+// written too.
 template <typename T>
 void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0,
                    const T* c0, const T* y, const T* gates, const T* c,
                    const LayerWeights<T>& w, const std::int64_t* lengths, const T* dy,
                    const T* dh_n, const T* dc_n, const StepOptions<T>& opt, bool reverse,
                    const Workspace<T>& ws, const Dims& d, Helper* helper) {
-  const Index B = d.B, T_ = d.T, H = d.H;
-  MatrixMap<T> dh(dh0, B, H);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
+  const Index B = d.B, T_ = d.T, H = d.H, S = d.state();
+  const bool projected = d.P > 0;
+  MatrixMap<T> dh(dh0, B, S);  // dL/dh_t and dL/dc_t flowing back in time; after the loop
   MatrixMap<T> dc(dc0, B, H);  // they are dL/dh0 and dL/dc0
-  dh = ConstMatrixMap<T>(dh_n, B, H);
+  dh = ConstMatrixMap<T>(dh_n, B, S);
   dc = ConstMatrixMap<T>(dc_n, B, H);
-  MatrixMap<T> dh_total(ws.dh_total, B, H), dc_total(ws.dc_total, B, H),
-      dh_prev(ws.dh_prev, B, H);
+  MatrixMap<T> dh_total(ws.dh_total, B, S), dc_total(ws.dc_total, B, H),
+      dh_prev(ws.dh_prev, B, S);
   BackwardRecurrent<T> recurrent(w.w_hh, B);
   const Walk walk{reverse, lengths};
   WindowGrads<T> grads(d, 4 * H, x, y, h0, dx, w, g, helper, nullptr, walk);
-  StagedSteps<T, 3> staged(B, T_, {gates, c, dy}, {4 * H, H, H}, reverse);
+  StagedSteps<T, 3> staged(B, T_, {gates, c, dy}, {4 * H, H, S}, reverse);
+  // With a projection, h_t = m_t W_hr^T: the gate gradients start from dL/dm_t instead of
+  // dL/dh_t, and dW_hr = Σ_t dL/dh_t^T m_t is summed step by step (its m_t is not kept).
+  std::optional<BackwardRecurrent<T>> unproject;
+  if (projected) {
+    unproject.emplace(ConstMatrixMap<T>(w.w_hr, S, H), B);
+    MatrixMap<T>(g.dw_hr, S, H).setZero();
+  }
+  MatrixMap<T> m(ws.m, projected ? B : 0, H), dm(ws.dm, projected ? B : 0, H);
+  const MatrixMap<T>& dm_or_dh = projected ? dm : dh_total;  // dL/d(o ⊙ tanh c_t)
   for (Index s = 0; s < T_; ++s) {
     const Index t = reverse ? s : T_ - 1 - s;
     const auto gt = staged.at(0, t);
@@ -221,14 +263,21 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
     auto da = grads.da(t);
     dh_total = dh + staged.at(2, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
+    if (projected) {
+      // h_t = m_t W_hr^T, m_t = o ⊙ tanh(c_t): dW_hr += dh_t^T m_t and dm_t = dh_t W_hr.
+      // Rows past a sequence's length add nothing: their saved o and c_t are zero.
+      m = (gt.rightCols(H).array() * c_t.array().tanh()).matrix();
+      MatrixMap<T>(g.dw_hr, S, H).noalias() += dh_total.transpose() * m;
+      unproject->assign(dm, dh_total);
+    }
     if (H <= kPacketRowsUpTo) {
-      gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dh_total, dc, lengths == nullptr);
+      gate_grads_rows<T>(da, dc_total, gt, c_t, c_prev, dm_or_dh, dc, lengths == nullptr);
     } else {  // the same as a chain of passes over the (B, H) blocks
       const auto i = gt.leftCols(H), g_ = gt.middleCols(2 * H, H), o = gt.rightCols(H);
       auto da_o = da.rightCols(H);
       da_o = c_t.array().tanh().matrix();  // tanh(c_t) for now, read by the next two lines
-      dc_total = dc.array() + dh_total.array() * o.array() * (T(1) - da_o.array().square());
-      da_o = dh_total.array() * da_o.array() * o.array() * (T(1) - o.array());
+      dc_total = dc.array() + dm_or_dh.array() * o.array() * (T(1) - da_o.array().square());
+      da_o = dm_or_dh.array() * da_o.array() * o.array() * (T(1) - o.array());
       da.leftCols(H) = dc_total.array() * g_.array() * i.array() * (T(1) - i.array());
       da.middleCols(H, H) =
           dc_total.array() * c_prev.array() * f.array() * (T(1) - f.array());
@@ -260,17 +309,18 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
               const T* y, const T* gates, const T* c, const LayerWeights<T>& w,
               const std::int64_t* lengths, const T* dy, const T* dh_n, const T* dc_n,
               const StepOptions<T>& opt, bool reverse, const Workspace<T>& ws, const Dims& d) {
-  const Index T_ = d.T, D = d.D, H = d.H;
+  const Index T_ = d.T, D = d.D, H = d.H, S = d.state();
   split_backward<T>(d, 4, g, [&](Index b0, Index b1, LayerGrads<T>& g_k, Helper* helper) {
     StepOptions<T> o = opt;
     if (o.norms != nullptr) o.norms += b0 * T_;
-    const Workspace<T> ws_k = {ws.dh_total + b0 * H, ws.dc_total + b0 * H,
-                               ws.dh_prev + b0 * H, ws.c_prev + b0 * H};
-    backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, dc0 + b0 * H, g_k, x + b0 * T_ * D,
-                     h0 + b0 * H, c0 + b0 * H, y + b0 * T_ * H, gates + b0 * T_ * 4 * H,
+    const Workspace<T> ws_k = {ws.dh_total + b0 * S, ws.dc_total + b0 * H,
+                               ws.dh_prev + b0 * S, rows_from(ws.c_prev, b0 * H),
+                               rows_from(ws.m, b0 * H), rows_from(ws.dm, b0 * H)};
+    backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * S, dc0 + b0 * H, g_k, x + b0 * T_ * D,
+                     h0 + b0 * S, c0 + b0 * H, y + b0 * T_ * S, gates + b0 * T_ * 4 * H,
                      c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                     dy + b0 * T_ * H, dh_n + b0 * H, dc_n + b0 * H, o, reverse, ws_k,
-                     Dims{b1 - b0, T_, D, H}, helper);
+                     dy + b0 * T_ * S, dh_n + b0 * S, dc_n + b0 * H, o, reverse, ws_k,
+                     Dims{b1 - b0, T_, D, H, d.P}, helper);
   });
 }
 

@@ -40,8 +40,9 @@ def record(check, dtype, err):
 
 def state_like(model, B, rng, scale=0.5):
     """A random state of the model's structure, float64."""
-    shape = (model.num_layers * model.num_directions, B, model.hidden_size)
-    parts = tuple(rng.uniform(-scale, scale, shape) for _ in range(model.state_parts))
+    widths = (model.state_size, model.hidden_size)[:model.state_parts]  # h (S), c (H)
+    parts = tuple(rng.uniform(-scale, scale, (model.num_layers * model.num_directions, B, w))
+                  for w in widths)
     return parts[0] if model.state_parts == 1 else parts
 
 

@@ -151,7 +151,7 @@ def test_too_large_model():
 
 @pytest.mark.parametrize("layers,batch", [(L + 1, B), (L, B + 1), (1, B)])
 def test_state_wrong_shape(model, layers, batch):
-    with raises(ValueError, "state", "(num_layers, B, H)", f"({L}, {B}, {H})",
+    with raises(ValueError, "state", "(num_layers, B, hidden_size)", f"({L}, {B}, {H})",
                 f"({layers}, {batch}, {H})"):
         model.forward(x_ok(), state_ok(model, batch, layers))
 

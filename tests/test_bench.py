@@ -1,6 +1,7 @@
 """Smoke test of the benchmark harness on its tiny config: structure, never timings."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -53,11 +54,87 @@ def test_quick_run_has_every_field(tmp_path):
     assert all("(torch)" not in line and "(jax)" not in line for line in table)  # no peers run
 
 
+def test_bidirectional_suite_runs_end_to_end(tmp_path):
+    # The suite on the tiny config, one cell, the two implementations that are always there;
+    # at 2 threads where the machine has them, which is where the pairs are timed.
+    out = tmp_path / "bi.json"
+    threads = ["1", "2"] if (os.cpu_count() or 1) >= 2 else ["1"]
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--suite",
+            "bidirectional", "--cells", "GRU", "--impls", "rnnfast", "numpy", "--threads",
+            *threads, "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "one bidirectional layer" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["suite"] == "bidirectional"
+    dims = bench.CONFIGS["quick"]
+    for run in result["runs"]:
+        [row] = run["rows"]
+        assert row["bidirectional"] and row["cell"] == "GRU"
+        assert row["flops"] == bench.step_flops("GRU", *dims, directions=2)
+        assert set(row["impls"]) == {"rnnfast", "numpy"}
+        assert all(FIELDS <= set(r) for r in row["impls"].values())
+        assert row["impls"]["rnnfast"]["peak_mib"] is not None or bench._rss_kib() is None
+        if run["threads"] == 1:
+            assert "pairs" not in run  # a pair needs 2 threads
+            continue
+        [pair] = run["pairs"]
+        assert set(pair["impls"]) == {"uni@1", "bi@1", "bi@2"}
+        assert pair["impls"]["uni@1"]["gflops"] * pair["impls"]["uni@1"]["median_s"] == \
+            pytest.approx(bench.step_flops("GRU", *dims) / 1e9)
+        assert "bi@2/uni@1" in proc.stdout
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "summary.py"), str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    if threads == ["1"]:
+        assert "no run at 2 threads" in proc.stdout
+        return
+    [row] = [line for line in lines if line.startswith("| quick | GRU |") and "uni@1" not in line
+             and line.count("|") == 12]
+    assert row.split(" | ")[-1] in ("yes |", "no |")
+    assert "– | not measured" in row  # no peer ran
+    said = [line for line in lines if line.startswith("- ")]
+    assert len(said) == 3 and "not measured" in said[0] and "not measured" in said[1]
+    assert "hold" in said[2]  # the pair's target is said to hold or not, with its ratio
+
+
+_STEPS_AGREE = """
+import numpy as np
+from rnnfast import bench
+have, _ = bench._available(["torch", "jax"])
+impls = ["rnnfast", "numpy"] + [i for i in ("torch", "jax") if have[i]]
+steps = bench._row_steps("LSTM", (3, 7, 5, 4), impls, 1, bidirectional=True)
+dx = {"rnnfast": steps["rnnfast"]()[0], "numpy": steps["numpy"]()[0]}
+if "torch" in steps:
+    dx["torch"] = steps["torch"]()[0].numpy()
+if "jax" in steps:
+    _, (_, dx["jax"]) = steps["jax"]()
+for name, d in dx.items():
+    np.testing.assert_allclose(np.asarray(d), dx["numpy"], rtol=1e-4, atol=1e-5, err_msg=name)
+print("agree:", sorted(dx))
+"""
+
+
+def test_bidirectional_steps_agree():
+    # Every implementation's bidirectional step computes the same dx: the peers are timed on
+    # the same work as rnnfast (torch.nn with bidirectional=True, JAX's two scans). The LSTM
+    # only: JAX compiles for a second or so per cell, and the reverse scan is the same code.
+    # In a process of its own: JAX's threads would stay in this one, and a later test that
+    # forks would then be warned of a deadlock.
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", _STEPS_AGREE], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    assert "rnnfast" in out.stdout and "numpy" in out.stdout
+
+
 def test_flops_formula():
     # LSTM: 3 x 2·B·T·(D+H)·4H
     assert bench.step_flops("LSTM", 64, 200, 256, 512) == 3 * 2 * 64 * 200 * 768 * 4 * 512
     assert bench.step_flops("RNN", 1, 1, 1, 1) == 12
     assert bench.step_flops("GRU", 1, 1, 1, 1) == 36
+    assert bench.step_flops("GRU", 1, 1, 1, 1, directions=2) == 72
 
 
 def test_thread_env_limits_every_peer():
@@ -70,7 +147,8 @@ def test_thread_env_limits_every_peer():
 @pytest.mark.parametrize("kw, match", [({"configs": ["huge"]}, "unknown config"),
                                        ({"cells": ["TCN"]}, "unknown cell"),
                                        ({"impls": ["tf"]}, "unknown implementation"),
-                                       ({"threads": [0]}, "threads must lie")])
+                                       ({"threads": [0]}, "threads must lie"),
+                                       ({"suite": "all"}, "unknown suite")])
 def test_bad_arguments(kw, match):
     with pytest.raises(ValueError, match=match):
         bench.run(**{"configs": ["quick"], **kw})

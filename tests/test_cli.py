@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import rnnfast
 from rnnfast import charlm, cli
 from rnnfast.tasks import ADDING_BASELINE_MSE, adding_problem
 
@@ -26,9 +27,13 @@ def test_train_prints_losses_and_samples_and_resumes(tmp_path, capsys):
     assert "resumed" in out and "epoch 3:" in out
 
 
-def test_resume_resumes_bit_identically(tmp_path):
+@pytest.mark.parametrize("model", [{}, {"layers": 2, "dropout": 0.3}],
+                         ids=["one-layer", "two-layers-dropout"])
+def test_resume_resumes_bit_identically(tmp_path, model):
+    # with dropout, the masks of the resumed epoch must be the uninterrupted run's
     text = charlm.default_text()[:4000]
-    kw = dict(hidden=8, batch=4, k1=10, sample_length=0, progress=False, log=lambda *a: None)
+    kw = dict(hidden=8, batch=4, k1=10, sample_length=0, progress=False, log=lambda *a: None,
+              **model)
     straight, _, _ = charlm.train(text, epochs=2, **kw)
     ck = tmp_path / "a.npz"
     charlm.train(text, epochs=1, checkpoint_path=ck, **kw)
@@ -50,6 +55,43 @@ def test_train_errors_are_messages_not_tracebacks(tmp_path, capsys):
     assert cli.main(["train", *SMALL, "--text", str(other), "--checkpoint", str(ck),
                      "--resume"]) == 2
     assert "another text" in capsys.readouterr().err
+
+
+def test_the_model_reads_characters_through_an_embedding(capsys):
+    assert cli.main(["train", *SMALL, "--epochs", "1", "--embedding-dim", "8", "--layers", "2",
+                     "--dropout", "0.2"]) == 0
+    out = capsys.readouterr().out
+    assert "embedding=Embedding(" in out and "num_layers=2" in out and "dropout=0.2" in out
+
+
+@pytest.mark.parametrize("argv, reason", [
+    (["--bidirectional"], "cannot be bidirectional: the reverse direction reads the text"),
+    (["--dropout", "0.2"], "dropout acts between stacked layers, so it needs layers >= 2"),
+])
+def test_options_no_language_model_can_use_are_refused_with_the_reason(argv, reason, capsys):
+    assert cli.main(["train", *SMALL, *argv]) == 2
+    assert reason in capsys.readouterr().err
+    with pytest.raises(ValueError, match="cannot be bidirectional"):
+        charlm.build_model("gru", 10, 8, 2, np.float32, 0, bidirectional=True)
+
+
+def test_a_checkpoint_of_the_one_hot_model_still_resumes(tmp_path, capsys):
+    """A checkpoint of the model `rnnfast train` built before the embedding (one-hot input, and
+    a configuration without the recurrent options added since) resumes as that model."""
+    vocab = charlm.Vocabulary(charlm.default_text()[:6000])  # the text of SMALL
+    V = len(vocab)
+    old = rnnfast.Model(rnnfast.LSTM(V, 16, seed=0), rnnfast.Linear(16, V, seed=1))
+    config = old.recurrent.config()
+    del config["bidirectional"], config["dropout"]
+    old.recurrent.config = lambda: config
+    ck = tmp_path / "one_hot.npz"
+    rnnfast.save(ck, old, rnnfast.optim.Adam(old.params, lr=3e-3), epoch=1,
+                 metadata={"vocabulary": vocab.chars})
+    assert cli.main(["train", *SMALL, "--epochs", "1", "--checkpoint", str(ck), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "one-hot input" in out and "epoch 2:" in out and "sample:" in out
+    model = rnnfast.load(ck).model
+    assert model.embedding is None and model.recurrent.input_size == V
 
 
 def test_python_dash_m_runs():

@@ -65,6 +65,20 @@ def test_reference_gradients_bidirectional(cell, lengths, dropout):
     _finite_difference_check(model, x, state, lengths, train=dropout > 0)
 
 
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("lengths", [None, [5, 2, 0]], ids=["full", "lengths"])
+def test_reference_gradients_projection(lengths, bidirectional):
+    B, T, D, H, L = 3, 5, 2, 4, 2
+    model = make("lstm", D, H, L, backend="numpy", seed=5, proj_size=2,
+                 bidirectional=bidirectional)
+    for p in model.params.values():
+        p *= 3.0
+    rng = np.random.default_rng(13)
+    x = rng.standard_normal((B, T, D))
+    state = tuple(p.copy() for p in as_parts(state_like(model, B, rng)))
+    _finite_difference_check(model, x, state, lengths, train=False)
+
+
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])
 @pytest.mark.parametrize("cell", CELLS)
 def test_reverse_walk_equals_each_sequence_reversed_alone(cell, backend):
@@ -163,6 +177,30 @@ def test_constructor_refusals_name_everything_wrong(cell, kwargs, exc, words):
         assert w in str(info.value), str(info.value)
 
 
+@pytest.mark.parametrize("proj_size, exc, words", [
+    (4, ValueError, "proj_size must lie in [0, hidden_size) = [0, 4), got 4"),
+    (-1, ValueError, "proj_size must lie in [0, hidden_size) = [0, 4), got -1"),
+    (2.0, TypeError, "proj_size must be an int, got float"),
+    (True, TypeError, "proj_size must be an int, got bool"),
+])
+def test_projection_refusals(proj_size, exc, words):
+    with pytest.raises(exc) as info:
+        rnnfast.LSTM(3, 4, proj_size=proj_size)
+    assert words in str(info.value)
+
+
+def test_projection_state_shapes_are_named():
+    model = rnnfast.LSTM(3, 4, num_layers=2, proj_size=2, dtype=np.float64)
+    h, c = np.zeros((2, 5, 2)), np.zeros((2, 5, 4))
+    y, (h_n, c_n) = model(np.zeros((5, 6, 3)), (h, c))
+    assert y.shape == (5, 6, 2) and h_n.shape == (2, 5, 2) and c_n.shape == (2, 5, 4)
+    with pytest.raises(ValueError, match=r"state\[0\] \(h\).*\(num_layers, B, proj_size\) = "
+                                         r"\(2, 5, 2\), got \(2, 5, 4\)"):
+        model(np.zeros((5, 6, 3)), (c, c))
+    with pytest.raises(ValueError, match=r"state\[1\] \(c\).*\(num_layers, B, hidden_size\)"):
+        model(np.zeros((5, 6, 3)), (h, h))
+
+
 def test_nonlinearity_is_named_with_the_rest():
     with pytest.raises(ValueError, match="2 arguments are wrong: nonlinearity must be 'tanh' or "
                                          "'relu', got 'gelu'; dropout must be"):
@@ -175,7 +213,8 @@ def test_state_and_dy_shapes_name_the_directions(cell):
     model = make(cell, D, H, L, bidirectional=True)
     x = np.zeros((B, T, D))
     wrong = tuple(np.zeros((L, B, H)) for _ in range(model.state_parts))
-    with pytest.raises(ValueError, match=r"state.*\(2 \* num_layers, B, H\): bidirectional, "
+    with pytest.raises(ValueError, match=r"state.*\(2 \* num_layers, B, hidden_size\): "
+                                         r"bidirectional, "
                                          r"layer 0 forward, layer 0 reverse.*= \(4, 2, 4\), "
                                          r"got \(2, 2, 4\)"):
         model.forward(x, wrong if len(wrong) > 1 else wrong[0])

@@ -100,6 +100,36 @@ def test_compiled_matches_reference(cell, config, dtype, bidirectional, request)
     assert errors[worst] <= TOL[dtype], f"worst: {worst} rel err {errors[worst]:.3e}"
 
 
+# The LSTM's projection on every configuration with room for one (P = H // 2 < H), every
+# other one bidirectional: its per-step products and the gate gradients started from dL/dm_t,
+# through the same code paths as above.
+PROJ_CONFIGS = [c for c in CONFIGS if c[3] >= 2]
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", PROJ_CONFIGS,
+                         ids=lambda c: "B{}T{}D{}H{}L{}-{}-bias{}".format(*c))
+def test_projection_matches_reference(config, dtype):
+    B, T, D, H, L, lengths_mode, bias = config
+    kw = {"proj_size": H // 2, "bidirectional": PROJ_CONFIGS.index(config) % 2 == 1}
+    fast = make("lstm", D, H, L, dtype=dtype, backend="cpp", seed=1, bias=bias, **kw)
+    ref = make("lstm", D, H, L, dtype=np.float64, backend="numpy", seed=1, bias=bias, **kw)
+    for name, p in fast.params.items():
+        ref.params[name][...] = p
+    x, state, lengths, dy, dstate = _data(fast, B, T, D, lengths_mode, seed=3)
+    x, dy = x.astype(dtype), dy.astype(dtype)
+    state, dstate = cast_state(state, dtype), cast_state(dstate, dtype)
+    got = run_step(fast, x, state, lengths, dy, dstate)
+    want = run_step(ref, x.astype(np.float64), cast_state(state, np.float64), lengths,
+                    dy.astype(np.float64), cast_state(dstate, np.float64))
+    assert got.keys() == want.keys() and any(k.startswith("dweight_hr") for k in got)
+    errors = {k: rel_err(got[k], want[k]) for k in want}
+    for k, err in errors.items():
+        record(f"parity lstm proj {k.split('_l')[0]}", dtype, err)
+    worst = max(errors, key=errors.get)
+    assert errors[worst] <= TOL[dtype], f"worst: {worst} rel err {errors[worst]:.3e}"
+
+
 @pytest.mark.parametrize("cell", CELLS)
 def test_lengths_equal_to_running_each_sequence_alone(cell):
     """Packed-sequence semantics: a padded batch gives what each sequence gives by itself."""

@@ -110,14 +110,16 @@ def test_helper_matches_reference_and_repeats(threads, cell, dims, lengths_mode,
 @pytest.mark.parametrize("cell", SPLIT_CELLS)
 def test_bidirectional_on_two_threads(threads, cell, dims, dtype):
     """The reverse walk through the split batch (the first dims) and through the helper's
-    chunks and windows taken in its order (the others), with lengths and clipping."""
+    chunks and windows taken in its order (the others), with lengths and clipping; the LSTM
+    with a projection (its dW_hr summed over the split batch's chunks)."""
     b, t, d, h = dims
-    fast = make(cell, d, h, L=2, dtype=dtype, seed=6, bidirectional=True)
-    ref = make(cell, d, h, L=2, dtype=np.float64, seed=6, backend="numpy", bidirectional=True)
+    kw = {"bidirectional": True, **({"proj_size": h // 4} if cell == "lstm" else {})}
+    fast = make(cell, d, h, L=2, dtype=dtype, seed=6, **kw)
+    ref = make(cell, d, h, L=2, dtype=np.float64, seed=6, backend="numpy", **kw)
     ref.params = {k: np.asarray(v, np.float64) for k, v in fast.params.items()}
     rng = np.random.default_rng(7)
     data = (rng.standard_normal((b, t, d)), state_like(fast, b, rng),
-            random_lengths(rng, b, t, "partial"), rng.standard_normal((b, t, 2 * h)),
+            random_lengths(rng, b, t, "partial"), rng.standard_normal((b, t, fast.output_size)),
             state_like(fast, b, rng, scale=1.0))
     threads(2)
     got = _step(fast, *data, 0.5)

@@ -67,11 +67,11 @@ def rnnfast_model(cell, D, H, L, bias, dtype, seed, **kw):
 def data(model, B, T, lengths_mode, dtype, seed):
     """x, state0, lengths, R (= dy) and S (= dstate), already rounded to ``dtype``."""
     rng = np.random.default_rng(seed)
-    shape = (model.num_layers * model.num_directions, B, model.hidden_size)
+    widths = (model.state_size, model.hidden_size)[:model.state_parts]  # h (S), c (H)
 
     def state(scale):
-        parts = tuple(rng.uniform(-scale, scale, shape).astype(dtype)
-                      for _ in range(model.state_parts))
+        parts = tuple(rng.uniform(-scale, scale, (model.num_layers * model.num_directions, B,
+                                                  width)).astype(dtype) for width in widths)
         return parts[0] if len(parts) == 1 else parts
 
     x = rng.standard_normal((B, T, model.input_size)).astype(dtype)
@@ -197,6 +197,28 @@ def test_bidirectional_matches_torch_autograd(cell, config, dtype, direction):
     x, state0, lengths, R, S = data(model, B, T, lengths_mode, dtype, seed)
     compare(ours(model, x, state0, lengths, R, S), theirs(module, x, state0, lengths, R, S),
             cell, dtype, direction, check="torch bidirectional")
+
+
+@pytest.mark.parametrize("bidirectional", [False, True], ids=["uni", "bi"])
+@pytest.mark.parametrize("direction", ["from_torch", "to_torch"])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("config", CONFIGS[1:], ids=lambda c: "B{}T{}D{}H{}L{}-{}-bias{}".format(*c))
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+def test_projection_matches_torch_autograd(config, dtype, direction, bidirectional):
+    """LSTM(proj_size=P): h_t = W_hr (o ⊙ tanh c_t), P units of h and output, H of c."""
+    B, T, D, H, L, lengths_mode, bias = config
+    P, seed = H // 2, 200 + CONFIGS.index(config)
+    kw = {"proj_size": P, "bidirectional": bidirectional}
+    if direction == "from_torch":
+        module = torch_module("lstm", D, H, L, bias, dtype, seed, **kw)
+        model = rnnfast.from_torch(module)
+    else:
+        model = rnnfast_model("lstm", D, H, L, bias, dtype, seed, **kw)
+        module = model.to_torch()
+    assert model.proj_size == module.proj_size == P and model.output_size == P * (1 + bidirectional)
+    x, state0, lengths, R, S = data(model, B, T, lengths_mode, dtype, seed)
+    compare(ours(model, x, state0, lengths, R, S), theirs(module, x, state0, lengths, R, S),
+            "lstm", dtype, direction, check="torch proj")
 
 
 @pytest.mark.parametrize("bidirectional", [False, True])
@@ -337,16 +359,6 @@ def test_linear_both_ways(dtype, bias):
 
 
 # -- refusals ---------------------------------------------------------------------------------
-
-@pytest.mark.parametrize("cls, kw, attr", [
-    (torch.nn.LSTM, {"proj_size": 2}, "proj_size=2"),
-    (torch.nn.LSTM, {"proj_size": 3, "bidirectional": True}, "proj_size=3"),
-])
-def test_refuses_what_rnnfast_lacks(cls, kw, attr):
-    module = cls(3, 4, num_layers=2, **kw)  # 2 layers: torch warns about dropout with one
-    with pytest.raises(ValueError, match=f"{attr}.*not support"):
-        rnnfast.from_torch(module)
-
 
 @pytest.mark.parametrize("obj, match", [
     (torch.nn.Linear(3, 4), r"torch\.nn\.RNN, LSTM or GRU.*rnnfast\.Linear\.from_torch"),

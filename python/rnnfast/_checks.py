@@ -121,6 +121,18 @@ def dropout(value):
     return value
 
 
+def proj_size(value, hidden_size):
+    """The LSTM's proj_size: an int in [0, hidden_size) (0: no projection)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"proj_size must be an int, got {type(value).__name__}")
+    valid_limit = isinstance(hidden_size, (int, np.integer)) and not isinstance(
+        hidden_size, (bool, np.bool_)) and hidden_size >= 1
+    limit = hidden_size if valid_limit else None  # else hidden_size's own error says it
+    if value < 0 or (limit is not None and value >= limit):
+        raise ValueError(f"proj_size must lie in [0, hidden_size) = [0, {limit}), got {value}")
+    return int(value)
+
+
 def collect(errors, check, *args):
     """``check(*args)``, or None with its TypeError or ValueError appended to ``errors``."""
     try:

@@ -73,6 +73,7 @@ class Recurrent:
 
     gates = 1  # G: rows of weight_ih per hidden unit
     state_parts = 1  # 1 for h; 2 for the LSTM's (h, c)
+    proj_size = 0  # P: units of h_t when the LSTM projects it (proj_size > 0), else 0
     saved_per_step = 0  # floats per (b, t, unit) that a layer saves for backward, beyond y
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, bidirectional=False,
@@ -101,18 +102,20 @@ class Recurrent:
         self.check_finite = bool(check_finite)
         self.seed = seed
         self.num_directions = 2 if self.bidirectional else 1
-        self.output_size = self.num_directions * self.hidden_size
+        # S: units of h_t, what each direction outputs and the next step reads
+        self.state_size = self.proj_size or self.hidden_size
+        self.output_size = self.num_directions * self.state_size
         self._token = object()  # identifies this model's caches
         self._zeros = None  # (B, per-layer zero states) kept by _zero_states
         self._param_shapes = self._shapes()  # fixed by the constructor's arguments
         # Per layer and direction, (name, shape) of each parameter in the order the layer
-        # functions take them, (None, None) for an absent bias; and the names of the gradients
+        # functions take them, (None, None) for an absent one; and the names of the gradients
         # a layer returns.
         self._layer_specs = tuple(
             tuple((name, self._param_shapes[name]) if name in self._param_shapes
                   else (None, None)
                   for name in (f"weight_ih_l{sfx}", f"weight_hh_l{sfx}", f"bias_ih_l{sfx}",
-                               f"bias_hh_l{sfx}"))
+                               f"bias_hh_l{sfx}", f"weight_hr_l{sfx}"))
             for sfx in self._suffixes())
         self._layer_grad_names = tuple(tuple(name for name, _ in spec if name is not None)
                                        for spec in self._layer_specs)
@@ -141,15 +144,17 @@ class Recurrent:
 
     def _shapes(self):
         """Name -> shape of every parameter, in PyTorch's order."""
-        G, H, N = self.gates, self.hidden_size, self.num_directions
+        G, H, N, S = self.gates, self.hidden_size, self.num_directions, self.state_size
         shapes = {}
         for i, sfx in enumerate(self._suffixes()):
-            D_k = self.input_size if i < N else N * H  # layer k > 0 reads every direction
+            D_k = self.input_size if i < N else N * S  # layer k > 0 reads every direction
             shapes[f"weight_ih_l{sfx}"] = (G * H, D_k)
-            shapes[f"weight_hh_l{sfx}"] = (G * H, H)
+            shapes[f"weight_hh_l{sfx}"] = (G * H, S)
             if self.bias:
                 shapes[f"bias_ih_l{sfx}"] = (G * H,)
                 shapes[f"bias_hh_l{sfx}"] = (G * H,)
+            if self.proj_size:
+                shapes[f"weight_hr_l{sfx}"] = (self.proj_size, H)
         return shapes
 
     def _init_params(self, rng):
@@ -201,13 +206,17 @@ class Recurrent:
 
     # -- state ------------------------------------------------------------------------------
 
+    def _state_widths(self):
+        """Units of each part of the state: (S,), or the LSTM's (S, H) for (h, c)."""
+        return (self.state_size, self.hidden_size)[:self.state_parts]
+
     def _layer_states(self, state, B, name):
         """The user's state (zeros if None), checked, per layer and direction: a tuple of
-        ``state_parts`` arrays (B, H)."""
-        L, H, dtype = self.num_layers * self.num_directions, self.hidden_size, self.dtype
-        meaning = ("(num_layers, B, H)" if self.num_directions == 1 else
-                   "(2 * num_layers, B, H): bidirectional, layer 0 forward, layer 0 reverse, "
-                   "layer 1 forward, ...")
+        ``state_parts`` arrays (B, S) (the LSTM's c: (B, H))."""
+        L, dtype = self.num_layers * self.num_directions, self.dtype
+        rows = "num_layers" if self.num_directions == 1 else "2 * num_layers"
+        which = ("" if self.num_directions == 1 else
+                 ": bidirectional, layer 0 forward, layer 0 reverse, layer 1 forward, ...")
         if state is None:
             return self._zero_states(B)
         if self.state_parts == 1:
@@ -218,9 +227,11 @@ class Recurrent:
                                 f"{type(state).__name__}")
             parts, labels = state, (f"{name}[0] (h)", f"{name}[1] (c)")
         out = []
-        for part, label in zip(parts, labels):
+        for part, label, width in zip(parts, labels, self._state_widths()):
+            units = ("proj_size" if width == self.proj_size != self.hidden_size else
+                     "hidden_size")
             _checks.check_float_array(part, label, dtype, 3)
-            _checks.expect_shape(part, label, (L, B, H), meaning)
+            _checks.expect_shape(part, label, (L, B, width), f"({rows}, B, {units}){which}")
             a = np.ascontiguousarray(part, dtype=dtype)
             if self.check_finite and not all_finite(a.ravel()):
                 _checks.raise_non_finite(a, label)
@@ -237,11 +248,12 @@ class Recurrent:
         kept = self._zeros
         if kept is not None and kept[0] == B:
             return kept[1]
-        zeros = np.zeros((self.num_layers * self.num_directions, self.state_parts, B,
-                          self.hidden_size), self.dtype)
-        zeros.flags.writeable = False
-        per_layer = tuple(tuple(layer) for layer in zeros)  # views (B, H) of one array
-        if zeros.nbytes <= _KEEP_ZEROS_BYTES:
+        LN = self.num_layers * self.num_directions
+        parts = [np.zeros((LN, B, width), self.dtype) for width in self._state_widths()]
+        for part in parts:
+            part.flags.writeable = False
+        per_layer = tuple(zip(*parts))  # views (B, width) of one array per part
+        if sum(part.nbytes for part in parts) <= _KEEP_ZEROS_BYTES:
             self._zeros = (B, per_layer)
         return per_layer
 
@@ -300,7 +312,7 @@ class Recurrent:
         return self._run(x, state, lengths, train=True)
 
     def _run(self, x, state, lengths, train):
-        dtype, L, H, N = self.dtype, self.num_layers, self.hidden_size, self.num_directions
+        dtype, L, H, N = self.dtype, self.num_layers, self.state_size, self.num_directions
         _checks.check_float_array(x, "x", dtype, 3)
         B, T, D = x.shape
         if D != self.input_size:
@@ -418,7 +430,7 @@ class Recurrent:
         dstates = self._layer_states(dstate, B, "dstate")
         layer_params = self._layer_params()
 
-        L, N, H = self.num_layers, self.num_directions, self.hidden_size
+        L, N, H = self.num_layers, self.num_directions, self.state_size
         dstate0 = [None] * (L * N)
         layer_grads = [None] * (L * N)
         norms = np.zeros((L * N, T), self.dtype) if grad_norms else None  # (L·N, T)
@@ -443,9 +455,9 @@ class Recurrent:
                 if grad_norms:
                     norms[i] = _mean_over_sequences(layer_norms[0], lengths)
             d_out = d_in
-        grads = {}  # in the order of params; zip drops the biases' None without bias
+        grads = {}  # in the order of params
         for names, g in zip(self._layer_grad_names, layer_grads):
-            grads.update(zip(names, g))
+            grads.update(zip(names, (a for a in g if a is not None)))
         if grad_norms:
             return d_out, self._user_state(dstate0), grads, norms
         return d_out, self._user_state(dstate0), grads
@@ -471,9 +483,10 @@ class Recurrent:
         raise NotImplementedError
 
     def _backward_out(self, out):
-        """``_backward_fn``'s result -> (dx, dstate0 tuple, the tuple of the four parameter
-        gradients (dweight_ih, dweight_hh, dbias_ih, dbias_hh), the biases' None without
-        bias), and the (B, T) norms of dL/dh_t last when ``step["grad_norms"]``."""
+        """``_backward_fn``'s result -> (dx, dstate0 tuple, the tuple of the parameter
+        gradients in the order of the layer's names (dweight_ih, dweight_hh, dbias_ih,
+        dbias_hh[, dweight_hr]), None for an absent one), and the (B, T) norms of dL/dh_t last
+        when ``step["grad_norms"]``."""
         raise NotImplementedError
 
     def _layer_forward(self, x, state0, p, lengths, reverse):
@@ -507,6 +520,7 @@ class Recurrent:
                 "hidden_size": self.hidden_size, "num_layers": self.num_layers,
                 "bias": self.bias, "bidirectional": self.bidirectional,
                 "dropout": self.dropout, "dtype": self.dtype.name, "backend": self.backend,
+                **({"proj_size": self.proj_size} if self.proj_size else {}),
                 "check_finite": self.check_finite, **self._config_extra()}
 
     def _config_extra(self):
@@ -518,6 +532,8 @@ class Recurrent:
             extra += ", bidirectional=True"
         if self.dropout:
             extra += f", dropout={self.dropout}"
+        if self.proj_size:
+            extra += f", proj_size={self.proj_size}"
         return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, "
                 f"num_layers={self.num_layers}{self._repr_extra()}{extra}, "
                 f"dtype=np.{self.dtype.name}, backend={self.backend!r})")

@@ -44,6 +44,12 @@ How it measures (the choices, so that the numbers can be trusted):
   missing the column is empty. rnnfast's array cache (``rnnfast.set_cache_limit``) is emptied
   before each measured step, so the step allocates all it needs afresh, as the others do.
 
+- **Suites.** ``--suite bidirectional`` times one bidirectional layer per row (PyTorch:
+  ``bidirectional=True``; JAX: a forward scan and a reversed one) and, in each worker of 2
+  threads or more, rnnfast alone as pairs: a unidirectional layer at 1 thread against the
+  bidirectional layer at 1 thread and at the worker's count, round robin in one process
+  (``_pair_steps``). Each worker records its load average and which compiled module it ran.
+
 Speed claims come only from this harness, as ratios within one run. It is never a timed test.
 """
 
@@ -74,11 +80,21 @@ MIN_REPEATS = 3
 SLOW_BUDGET = 4.0  # seconds of timed steps granted to a slow implementation per row
 MIN_TIMED = 0.02  # seconds: shorter steps are timed in loops that fill this (see _measure)
 QUIET_S = 0.12  # seconds of busy waiting before each repeat with > 1 thread (see _measure)
+# What a run measures when its configs and cells are not given: ``--suite NAME``. A suite's
+# rows are one layer each, bidirectional or not; "pairs" adds, in every worker of 2 threads or
+# more, rnnfast alone timed round robin as a unidirectional layer at 1 thread and a
+# bidirectional one at 1 thread and at the worker's count (see ``_pair_steps``).
+SUITES = {
+    "default": {"configs": DEFAULT_CONFIGS, "cells": CELLS, "bidirectional": False,
+                "pairs": False},
+    "bidirectional": {"configs": ("online", "small", "medium"), "cells": ("LSTM", "GRU"),
+                      "bidirectional": True, "pairs": True},
+}
 
 
-def step_flops(cell, B, T, D, H):
-    """3 × 2·B·T·(D+H)·G·H: forward products, and twice that in backward."""
-    return 3 * 2 * B * T * (D + H) * GATES[cell] * H
+def step_flops(cell, B, T, D, H, directions=1):
+    """3 × 2·B·T·(D+H)·G·H per direction: forward products, and twice that in backward."""
+    return directions * 3 * 2 * B * T * (D + H) * GATES[cell] * H
 
 
 def thread_env(n):
@@ -165,11 +181,11 @@ def _matmul_ceiling(repeats):
     return 2 * 1024**3 / statistics.median(times) / 1e9
 
 
-def _make_rnnfast(cell, B, T, D, H, x, dy, backend, threads):
+def _make_rnnfast(cell, B, T, D, H, x, dy, backend, bidirectional):
     import rnnfast
     cls = getattr(rnnfast, cell)
     kw = {"nonlinearity": "tanh"} if cell == "RNN" else {}
-    model = cls(D, H, seed=0, backend=backend, **kw)
+    model = cls(D, H, seed=0, backend=backend, bidirectional=bidirectional, **kw)
 
     def step():
         _, _, cache = model.forward(x)
@@ -177,11 +193,11 @@ def _make_rnnfast(cell, B, T, D, H, x, dy, backend, threads):
     return step, model.params
 
 
-def _make_torch(cell, B, T, D, H, x, dy, params, threads):
+def _make_torch(cell, B, T, D, H, x, dy, params, threads, bidirectional):
     import torch
     torch.set_num_threads(threads)
     kw = {"nonlinearity": "tanh"} if cell == "RNN" else {}
-    mod = getattr(torch.nn, cell)(D, H, batch_first=True, **kw)
+    mod = getattr(torch.nn, cell)(D, H, batch_first=True, bidirectional=bidirectional, **kw)
     with torch.no_grad():
         for name, p in mod.named_parameters():
             p.copy_(torch.from_numpy(params[name]))
@@ -203,7 +219,7 @@ def _jax_layer(cell, jnp, lax):
     """y = layer(params, x) for one layer in jax.numpy, PyTorch's equations and gate order."""
     sig = lambda v: 1 / (1 + jnp.exp(-v))  # noqa: E731
 
-    def layer(p, x):
+    def layer(p, x, reverse=False):
         w_ih, w_hh, b_ih, b_hh = p
         a = jnp.swapaxes(x @ w_ih.T + b_ih, 0, 1)  # (T, B, G*H): the input projection at once
         B, H = x.shape[0], w_hh.shape[1]
@@ -231,21 +247,32 @@ def _jax_layer(cell, jnp, lax):
                 h = (1 - z) * n + z * h
                 return h, h
             init = h0
-        _, ys = lax.scan(f, init, a)
+        _, ys = lax.scan(f, init, a, reverse=reverse)
         return jnp.swapaxes(ys, 0, 1)
     return layer
 
 
-def _make_jax(cell, B, T, D, H, x, dy, params, threads):
+def _make_jax(cell, B, T, D, H, x, dy, params, threads, bidirectional):
     import jax
     import jax.numpy as jnp
     from jax import lax
     layer = _jax_layer(cell, jnp, lax)
-    p = tuple(jnp.asarray(params[f"{n}_l0"]) for n in ("weight_ih", "weight_hh", "bias_ih",
-                                                       "bias_hh"))
+    suffixes = ("l0", "l0_reverse") if bidirectional else ("l0",)
+    p = tuple(tuple(jnp.asarray(params[f"{n}_{sfx}"])
+                    for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+              for sfx in suffixes)
+
+    def model(p, x):
+        if not bidirectional:
+            return layer(p[0], x)
+        # A forward scan and a scan over the reversed sequence (lax.scan's reverse=True: no
+        # flipped copies, and each output lands at its own t), joined as torch.nn does.
+        return jnp.concatenate([layer(p[0], x), layer(p[1], x, reverse=True)], axis=-1)
+
     xj, dyj = jnp.asarray(x), jnp.asarray(dy)
     # The vector-Jacobian product with dy, as backward(cache, dy) computes.
-    grad = jax.jit(jax.grad(lambda p, x, dy: jnp.sum(layer(p, x) * dy), argnums=(0, 1)))
+    grad = jax.jit(jax.value_and_grad(lambda p, x, dy: jnp.sum(model(p, x) * dy),
+                                      argnums=(0, 1)))
     grad = grad.lower(p, xj, dyj).compile()  # ahead of time: no step pays for compiling
 
     def step():
@@ -288,25 +315,50 @@ def _blas_info():
                                    "filepath")} for i in threadpool_info()]
 
 
-def _row_steps(cell, dims, impls, threads):
+def _row_steps(cell, dims, impls, threads, bidirectional=False):
     """name -> step() for each implementation, all with the same weights, x and dy."""
     import numpy as np
     B, T, D, H = dims
+    N = 2 if bidirectional else 1
     rng = np.random.default_rng(1)
     x = rng.standard_normal((B, T, D), dtype=np.float32)
-    dy = rng.standard_normal((B, T, H), dtype=np.float32)
+    dy = rng.standard_normal((B, T, N * H), dtype=np.float32)
     steps = {}
-    ref_step, params = _make_rnnfast(cell, B, T, D, H, x, dy, "cpp", threads)
+    ref_step, params = _make_rnnfast(cell, B, T, D, H, x, dy, "cpp", bidirectional)
     for impl in impls:
         if impl == "rnnfast":
             steps[impl] = ref_step
         elif impl == "numpy":
-            steps[impl], _ = _make_rnnfast(cell, B, T, D, H, x, dy, "numpy", threads)
+            steps[impl], _ = _make_rnnfast(cell, B, T, D, H, x, dy, "numpy", bidirectional)
         elif impl == "torch":
-            steps[impl] = _make_torch(cell, B, T, D, H, x, dy, params, threads)
+            steps[impl] = _make_torch(cell, B, T, D, H, x, dy, params, threads, bidirectional)
         elif impl == "jax":
-            steps[impl] = _make_jax(cell, B, T, D, H, x, dy, params, threads)
+            steps[impl] = _make_jax(cell, B, T, D, H, x, dy, params, threads, bidirectional)
     return steps
+
+
+def _pair_steps(cell, dims, threads):
+    """rnnfast alone: {"uni@1", "bi@1", "bi@<threads>"} -> step(), each setting rnnfast's
+    thread count before it runs (inside the timed loop: a 35 ns check per step, and a 0.7 µs
+    call at the first step of a repeat, where the count changes).
+
+    The target "a bidirectional layer at 2 threads within 1.2× of a unidirectional one at 1
+    thread" compares two thread counts: timed in one process, round robin, so that it is a
+    paired comparison rather than one across workers run minutes apart; bi@1 says what
+    running the two directions side by side gains.
+    """
+    import rnnfast
+    from . import _core
+
+    def at(n, step):
+        def run():
+            if _core.get_num_threads() != n:
+                rnnfast.set_num_threads(n)
+            return step()
+        return run
+    uni = _row_steps(cell, dims, ["rnnfast"], 1)["rnnfast"]
+    bi = _row_steps(cell, dims, ["rnnfast"], threads, bidirectional=True)["rnnfast"]
+    return {"uni@1": at(1, uni), "bi@1": at(1, bi), f"bi@{threads}": at(threads, bi)}
 
 
 def memory_worker(spec):
@@ -326,7 +378,7 @@ def memory_worker(spec):
         for cell in spec["cells"]:
             if getattr(rnnfast, cell, None) is None:
                 continue
-            step = _row_steps(cell, CONFIGS[cfg], [impl], 1)[impl]
+            step = _row_steps(cell, CONFIGS[cfg], [impl], 1, spec["bidirectional"])[impl]
             if impl != "jax":  # JAX is compiled already; XLA keeps buffers after a first run
                 step()
                 step()
@@ -354,26 +406,63 @@ def worker(spec):
     # on a machine whose load changes (a fraction of the lower would flatter us).
     out["ceiling_gflops"] = out["ceiling_start_gflops"]
     out["build"] = getattr(rnnfast, "build_info", lambda: None)()
+    out["core_sha256"] = _core_sha256()
+    out["loadavg_start"] = _loadavg()
+    bi = spec["bidirectional"]
+    pairs = spec["pairs"] and threads >= 2
+    if pairs:
+        out["pairs"] = []
     for cfg in spec["configs"]:
-        B, T, D, H = CONFIGS[cfg]
+        dims = CONFIGS[cfg]
         for cell in spec["cells"]:
             if getattr(rnnfast, cell, None) is None:
                 out["notes"][cell] = f"rnnfast has no {cell} yet; skipped"
                 continue
-            steps = _row_steps(cell, (B, T, D, H), wanted, threads)
-            out["rows"].append(_measure(cfg, cell, (B, T, D, H), steps, spec["repeats"],
-                                        threads))
+            steps = _row_steps(cell, dims, wanted, threads, bi)
+            flops = step_flops(cell, *dims, directions=2 if bi else 1)
+            row = _measure(cfg, cell, dims, steps, spec["repeats"], threads,
+                           dict.fromkeys(steps, flops))
+            row["bidirectional"] = bi
+            out["rows"].append(row)
+            del steps
+            if pairs:
+                steps = _pair_steps(cell, dims, threads)
+                flops = {k: step_flops(cell, *dims, directions=1 if k.startswith("uni") else 2)
+                         for k in steps}
+                out["pairs"].append(_measure(cfg, cell, dims, steps, spec["repeats"], threads,
+                                             flops))
+                rnnfast.set_num_threads(threads)
     out["ceiling_end_gflops"] = _matmul_ceiling(spec["ceiling_repeats"])
     out["ceiling_gflops"] = max(out["ceiling_start_gflops"], out["ceiling_end_gflops"])
-    for row in out["rows"]:
+    out["loadavg_end"] = _loadavg()
+    for row in out["rows"] + out.get("pairs", []):
         for r in row["impls"].values():
             r["ceiling_fraction"] = r["gflops"] / out["ceiling_gflops"]
     out["blas"] = _blas_info()
     return out
 
 
-def _measure(cfg, cell, dims, steps, repeats, threads):
-    """Warm up, then time round robin; one row per implementation.
+def _core_sha256():
+    """The first 12 hex digits of the compiled module's SHA-256: which build a worker ran
+    (a rebuild between two workers of one run would otherwise go unseen)."""
+    import hashlib
+
+    from . import _core
+    with open(_core.__file__, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:12]
+
+
+def _loadavg():
+    """The 1-, 5- and 15-minute load averages, or None where the system has none."""
+    try:
+        return list(os.getloadavg())
+    except (AttributeError, OSError):
+        return None
+
+
+def _measure(cfg, cell, dims, steps, repeats, threads, flops):
+    """Warm up, then time round robin; one row per implementation (``flops``: name ->
+    FLOPs of its step).
 
     A repeat is one step, or for a step shorter than ``MIN_TIMED`` seconds the mean of as
     many consecutive steps as fill it: a single sub-millisecond step, timed alone right after
@@ -424,7 +513,6 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
     finally:
         gc.enable()
     B, T, D, H = dims
-    flops = step_flops(cell, B, T, D, H)
     impls = {}
     for name, step in steps.items():
         ts = sorted(times[name])
@@ -432,19 +520,30 @@ def _measure(cfg, cell, dims, steps, repeats, threads):
         q = statistics.quantiles(ts, n=4) if len(ts) >= 2 else [med, med, med]
         impls[name] = {
             "median_s": med, "iqr_over_median": (q[2] - q[0]) / med, "repeats": len(ts),
-            "min_s": ts[0], "steps_per_repeat": inner[name], "throughput": B * T / med, "gflops": flops / med / 1e9,
+            "min_s": ts[0], "steps_per_repeat": inner[name], "throughput": B * T / med,
+            "gflops": flops[name] / med / 1e9,
             "ceiling_fraction": None,  # set by worker once the ceiling is final
             "peak_mib": None,  # from memory_worker
         }
     return {"config": cfg, "cell": cell, "B": B, "T": T, "D": D, "H": H, "threads": threads,
-            "flops": flops, "impls": impls}
+            "flops": max(flops.values()),  # a pair's: its bidirectional step's
+            "impls": impls}
 
 
 # -- the driver ------------------------------------------------------------------------------
 
-def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repeats=15,
-        ceiling_repeats=20, progress=None):
-    """Run the benchmark, one worker subprocess per thread count; returns the result dict."""
+def run(configs=None, cells=None, threads=(1, 2), impls=IMPLS, repeats=15,
+        ceiling_repeats=20, progress=None, suite="default"):
+    """Run the benchmark, one worker subprocess per thread count; returns the result dict.
+
+    ``suite`` names an entry of ``SUITES``: the configs and cells it runs when they are None,
+    whether its layers are bidirectional, and whether it times the pairs (``_pair_steps``).
+    """
+    if suite not in SUITES:
+        raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
+    what = SUITES[suite]
+    configs = what["configs"] if configs is None else configs
+    cells = what["cells"] if cells is None else cells
     for c in configs:
         if c not in CONFIGS:
             raise ValueError(f"unknown config {c!r}; choose from {', '.join(CONFIGS)}")
@@ -457,12 +556,14 @@ def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repea
     cpus = os.cpu_count() or 1
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
               "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
-              "runs": []}
+              "suite": suite, "git": _git_head(), "runs": []}
     for n in threads:
         if n < 1 or n > cpus:
             raise ValueError(f"threads must lie in [1, {cpus}] on this machine, got {n}")
+    for n in threads:
         spec = {"threads": n, "configs": list(configs), "cells": list(cells),
-                "impls": list(impls), "repeats": repeats, "ceiling_repeats": ceiling_repeats}
+                "impls": list(impls), "repeats": repeats, "ceiling_repeats": ceiling_repeats,
+                "bidirectional": what["bidirectional"], "pairs": what["pairs"]}
         if progress:
             progress(f"threads={n}: {len(configs)} config(s) x {len(cells)} cell(s) ...")
         result["runs"].append(_spawn(spec))
@@ -470,7 +571,7 @@ def run(configs=DEFAULT_CONFIGS, cells=CELLS, threads=(1, 2), impls=IMPLS, repea
         if progress:
             progress(f"peak memory of {impl} (a process of its own) ...")
         spec = {"mode": "memory", "impl": impl, "threads": 1, "configs": list(configs),
-                "cells": list(cells)}
+                "cells": list(cells), "bidirectional": what["bidirectional"]}
         peaks = _spawn(spec)
         for run_ in result["runs"]:
             for row in run_["rows"]:
@@ -504,6 +605,22 @@ def _pin(n):
         return None
     cpus = sorted(os.sched_getaffinity(0))[:n]
     return lambda: os.sched_setaffinity(0, cpus)
+
+
+def _git_head():
+    """``git rev-parse --short HEAD`` of the checkout this module lives in, "+dirty" when its
+    tracked files differ from HEAD; None outside git."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=here, text=True,
+                              capture_output=True, timeout=10)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=here, text=True, capture_output=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if head.returncode != 0:
+        return None
+    return head.stdout.strip() + ("+dirty" if dirty.stdout.strip() else "")
 
 
 def _machine():
@@ -541,6 +658,14 @@ def format_table(result):
                      f"(float32 numpy 1024x1024; {run['ceiling_start_gflops']:.1f} at start, "
                      f"{run['ceiling_end_gflops']:.1f} at end)  rnnfast build: "
                      f"arch={b.get('arch', '?')} openmp={b.get('openmp', '?')}")
+        if run.get("core_sha256"):
+            load = run.get("loadavg_start"), run.get("loadavg_end")
+            lines.append(f"_core sha256 {run['core_sha256']}" + (
+                f"  load average {load[0][0]:.2f} at start, {load[1][0]:.2f} at end"
+                if None not in load else ""))
+        if any(row.get("bidirectional") for row in run["rows"]):
+            lines.append("every row: one bidirectional layer, y (B, T, 2H); GFLOP/s count "
+                         "both directions")
         for note in run["notes"].values():
             lines.append(f"  note: {note}")
         head = (f"{'config':<7} {'cell':<5} {'impl':<8} {'median ms':>9} {'IQR/med':>7} "
@@ -558,20 +683,49 @@ def format_table(result):
                     f"{r['iqr_over_median'] * 100:6.1f}% {r['repeats']:>3} "
                     f"{r['throughput']:10.0f} {r['gflops']:7.2f} "
                     f"{r['ceiling_fraction'] * 100:5.1f}% {peak} {ratio}")
-        noise = [r["iqr_over_median"] for row in run["rows"] for r in row["impls"].values()]
-        if noise:
-            lines.append(f"noise: IQR/median median {statistics.median(noise) * 100:.1f}%, "
-                         f"worst {max(noise) * 100:.1f}%")
+        _noise_line(lines, run["rows"])
+        if run.get("pairs"):
+            lines += _pairs_table(run)
     return "\n".join(lines)
 
 
+def _noise_line(lines, rows):
+    noise = [r["iqr_over_median"] for row in rows for r in row["impls"].values()]
+    if noise:
+        lines.append(f"noise: IQR/median median {statistics.median(noise) * 100:.1f}%, "
+                     f"worst {max(noise) * 100:.1f}%")
+
+
+def _pairs_table(run):
+    """The pairs of a worker (``_pair_steps``) as text lines: medians and their ratios."""
+    n = run["threads"]
+    bi_n = f"bi@{n}"
+    lines = ["", f"rnnfast alone, one process, round robin: unidirectional layer at 1 thread "
+                 f"(uni@1), bidirectional at 1 (bi@1) and at {n} threads ({bi_n})"]
+    head = (f"{'config':<7} {'cell':<5} {'uni@1 ms':>9} {'bi@1 ms':>9} {bi_n + ' ms':>9} "
+            f"{bi_n + '/uni@1':>11} {'bi@1/' + bi_n:>10} {'IQR/med':>7}")
+    lines += [head, "-" * len(head)]
+    for row in run["pairs"]:
+        t = {k: r["median_s"] for k, r in row["impls"].items()}
+        worst = max(r["iqr_over_median"] for r in row["impls"].values())
+        lines.append(f"{row['config']:<7} {row['cell']:<5} {_fmt_time(t['uni@1'])} "
+                     f"{_fmt_time(t['bi@1'])} {_fmt_time(t[bi_n])} "
+                     f"{t[bi_n] / t['uni@1']:11.2f} {t['bi@1'] / t[bi_n]:10.2f} "
+                     f"{worst * 100:6.1f}%")
+    _noise_line(lines, run["pairs"])
+    return lines
+
+
 def plot(result, path):
-    """Bar chart of rnnfast's speed-up over each peer (log scale), one panel per thread count."""
+    """Bar chart of rnnfast's speed-up over each peer (log scale), one panel per thread count,
+    and one of the pairs' bi@n / uni@1 per worker that timed them."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     runs = result["runs"]
-    fig, axes = plt.subplots(len(runs), 1, figsize=(11, 3.6 * len(runs)), squeeze=False)
+    paired = [run for run in runs if run.get("pairs")]
+    panels = len(runs) + len(paired)
+    fig, axes = plt.subplots(panels, 1, figsize=(11, 3.6 * panels), squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
         rows = [r for r in run["rows"] if "rnnfast" in r["impls"]]
         peers = [p for p in IMPLS if p != "rnnfast" and any(p in r["impls"] for r in rows)]
@@ -588,7 +742,21 @@ def plot(result, path):
         ax.set_xticks([i + width * (len(peers) - 1) / 2 for i in range(len(rows))])
         ax.set_xticklabels([f"{r['config']}\n{r['cell']}" for r in rows], fontsize=8)
         ax.set_ylabel("rnnfast speed-up (x)")
-        ax.set_title(f"one training step, float32, {run['threads']} thread(s)")
+        layer = "bidirectional layer" if any(r.get("bidirectional") for r in rows) else "layer"
+        ax.set_title(f"one training step of one {layer}, float32, {run['threads']} thread(s)")
+        ax.legend(fontsize=8)
+    for ax, run in zip(axes[len(runs):, 0], paired):
+        bi_n = f"bi@{run['threads']}"
+        rows = run["pairs"]
+        ax.bar(range(len(rows)), [r["impls"][bi_n]["median_s"] / r["impls"]["uni@1"]["median_s"]
+                                  for r in rows], 0.6)
+        ax.axhline(1.2, color="r", lw=0.8, ls="--", label="target 1.2")
+        ax.axhline(1, color="k", lw=0.8)
+        ax.set_xticks(range(len(rows)))
+        ax.set_xticklabels([f"{r['config']}\n{r['cell']}" for r in rows], fontsize=8)
+        ax.set_ylabel(f"{bi_n} time / uni@1 time")
+        ax.set_title(f"rnnfast: bidirectional layer at {run['threads']} threads against a "
+                     "unidirectional one at 1 thread (lower is better)")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -600,27 +768,34 @@ def main(argv=None):
     if argv[:1] == ["--worker"]:
         return _worker_main(argv[1], argv[2])
     p = argparse.ArgumentParser(prog="rnnfast bench", description=__doc__.split("\n")[0])
-    p.add_argument("--configs", nargs="+", default=list(DEFAULT_CONFIGS),
+    p.add_argument("--suite", choices=list(SUITES), default="default",
+                   help="what to run: 'default' (every config and cell, one-direction "
+                        "layers) or 'bidirectional' (online, small, medium; LSTM, GRU; "
+                        "bidirectional layers, and rnnfast's unidirectional layer at 1 thread "
+                        "against its bidirectional one at 2); --configs and --cells narrow it")
+    p.add_argument("--configs", nargs="+", default=None,
                    help=f"from {', '.join(f'{k}={v}' for k, v in CONFIGS.items())} "
-                        "as (B, T, D, H)")
-    p.add_argument("--cells", nargs="+", default=list(CELLS))
+                        "as (B, T, D, H); default: the suite's")
+    p.add_argument("--cells", nargs="+", default=None, help="default: the suite's")
     p.add_argument("--impls", nargs="+", default=list(IMPLS))
-    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 2")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per implementation "
                    f"(slow ones get fewer, at least {MIN_REPEATS})")
     p.add_argument("--json", help="write the full result here")
     p.add_argument("--plot", help="write a PNG of the speed-ups here (needs matplotlib)")
     p.add_argument("--quick", action="store_true",
-                   help="the tiny 'quick' config, 3 repeats, 1 thread: a smoke test")
+                   help="the tiny 'quick' config, 3 repeats, 1 thread unless --threads "
+                        "says otherwise: a smoke test")
     a = p.parse_args(argv)
     if a.repeats < MIN_REPEATS:
         p.error(f"--repeats must be at least {MIN_REPEATS}")
     if a.quick:
-        a.configs, a.repeats, a.threads = ["quick"], MIN_REPEATS, [1]
+        a.configs, a.repeats, a.threads = ["quick"], MIN_REPEATS, a.threads or [1]
+    a.threads = a.threads or [1, 2]
     try:
         result = run(a.configs, a.cells, a.threads, a.impls, a.repeats,
                      ceiling_repeats=5 if a.quick else 20,
-                     progress=lambda s: print(s, file=sys.stderr, flush=True))
+                     progress=lambda s: print(s, file=sys.stderr, flush=True), suite=a.suite)
     except ValueError as e:
         p.error(str(e))
     print(format_table(result))

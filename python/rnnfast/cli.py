@@ -20,7 +20,9 @@ def _train(args):
     if args.resume and not args.checkpoint:
         raise SystemExit("rnnfast train: --resume needs --checkpoint PATH")
     charlm.train(
-        text, cell=args.cell, hidden=args.hidden, layers=args.layers, batch=args.batch,
+        text, cell=args.cell, hidden=args.hidden, layers=args.layers,
+        embedding_dim=args.embedding_dim, dropout=args.dropout,
+        bidirectional=args.bidirectional, batch=args.batch,
         k1=args.k1, k2=args.k2, optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm,
         clip_value=args.clip_value, epochs=args.epochs, seed=args.seed,
         dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
@@ -51,7 +53,14 @@ def build_parser():
     t.add_argument("--max-chars", type=int, default=0, help="use only the first N characters")
     t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
     t.add_argument("--hidden", type=int, default=128, help="hidden units per layer")
-    t.add_argument("--layers", type=int, default=1)
+    t.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
+    t.add_argument("--embedding-dim", type=int, default=32,
+                   help="length of the learned vector each character is read as")
+    t.add_argument("--dropout", type=float, default=0.0,
+                   help="dropout between stacked layers, in training (needs --layers >= 2)")
+    t.add_argument("--bidirectional", action="store_true",
+                   help="refused: a language model must not read the characters it predicts "
+                        "(listed so that the reason is given)")
     t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     t.add_argument("--batch", type=int, default=16, help="parallel streams of text")
     t.add_argument("--k1", type=int, default=32, help="update every k1 characters")

@@ -30,10 +30,6 @@ _MODES = {
     "GRU": ("GRU", {}),
 }
 
-# Attributes of torch's recurrent modules that rnnfast has no counterpart for yet, with the
-# value that means "off".
-_UNSUPPORTED = (("proj_size", 0),)
-
 
 def _torch(what):
     """``import torch``, or an ImportError that says how to install it."""
@@ -99,7 +95,7 @@ def from_torch(module, backend="cpp"):
         Any ``num_layers``, ``bias`` on or off, ``nonlinearity`` tanh or relu for the RNN,
         ``batch_first`` either way, ``bidirectional`` either way, any ``dropout`` (applied by
         the rnnfast model's ``forward``, as by torch's in ``train()`` mode; never by its
-        inference call, as torch's in ``eval()`` mode). Its parameters must all be float32 or all float64 (on any
+        inference call, as torch's in ``eval()`` mode), any ``proj_size`` for the LSTM. Its parameters must all be float32 or all float64 (on any
         device; they are copied to the CPU); the rnnfast model takes that dtype.
     backend : {"cpp", "numpy"}, default "cpp"
         The rnnfast model's backend.
@@ -110,7 +106,8 @@ def from_torch(module, backend="cpp"):
         Computing the same function. rnnfast models are always batch-first: inputs are
         (B, T, D) even when ``module.batch_first`` is False (where torch takes (T, B, D)).
         The state is (num_directions * num_layers, B, H) in both, in the same order, and
-        ``(h, c)`` for the LSTM. Dropout's masks are rnnfast's own draws, not torch's.
+        ``(h, c)`` for the LSTM (h with proj_size units when it projects). Dropout's masks
+        are rnnfast's own draws, not torch's.
 
     Raises
     ------
@@ -119,8 +116,6 @@ def from_torch(module, backend="cpp"):
     TypeError
         When ``module`` is not one of the three torch modules (for ``torch.nn.Linear`` use
         ``rnnfast.Linear.from_torch``), or its parameters are not float32 or float64.
-    ValueError
-        When it has ``proj_size > 0``, which rnnfast does not support yet.
 
     Notes
     -----
@@ -137,14 +132,11 @@ def from_torch(module, backend="cpp"):
             or getattr(module, "mode", None) not in _MODES:
         raise TypeError(f"from_torch takes a torch.nn.RNN, torch.nn.LSTM or torch.nn.GRU, got "
                         f"{type(module).__module__}.{type(module).__qualname__}")
-    unsupported = [f"{attr}={getattr(module, attr)!r}" for attr, off in _UNSUPPORTED
-                   if getattr(module, attr) != off]
-    if unsupported:
-        raise ValueError(f"the module has {', '.join(unsupported)}, which rnnfast does not "
-                         f"support yet")
     dtype = _module_dtype(torch, module, f"torch.nn.{type(module).__name__}")
 
     name, extra = _MODES[module.mode]
+    if module.proj_size:
+        extra = {**extra, "proj_size": module.proj_size}
     cls = {"RNN": RNN, "LSTM": LSTM, "GRU": GRU}[name]
     model = cls(module.input_size, module.hidden_size, num_layers=module.num_layers,
                 bias=bool(module.bias), bidirectional=bool(module.bidirectional),
@@ -163,7 +155,7 @@ def recurrent_to_torch(model):
     if isinstance(model, RNN):
         cls, kw["nonlinearity"] = torch.nn.RNN, model.nonlinearity
     elif isinstance(model, LSTM):
-        cls = torch.nn.LSTM
+        cls, kw["proj_size"] = torch.nn.LSTM, model.proj_size
     elif isinstance(model, GRU):
         cls = torch.nn.GRU
     else:

@@ -23,6 +23,19 @@ class RNN(Recurrent):
     nonlinearity : {"tanh", "relu"}, default "tanh"
     bias : bool, default True
         Whether the layers have ``bias_ih_l{k}`` and ``bias_hh_l{k}``.
+    bidirectional : bool, default False
+        Whether every layer also runs over the sequence backwards (PyTorch's reverse
+        direction): outputs are ``[forward, reverse]`` along the features, the state has
+        two rows per layer (layer 0 forward, layer 0 reverse, layer 1 forward, ...), and
+        layer k > 0 reads both directions' outputs. Parameters of the reverse direction are
+        named ``..._l{k}_reverse``. With ``lengths``, a sequence's reverse direction starts
+        at its last valid step. With two threads allowed (``rnnfast.set_num_threads``) the
+        two directions of a layer run at the same time.
+    dropout : float in [0, 1), default 0.0
+        Dropout on the outputs of every layer but the last, as ``torch.nn``: applied by
+        ``forward`` (training) with masks drawn from the model's own generator (seeded by
+        ``seed``; ``rng_state`` saves and restores it) and kept for ``backward``; never by
+        the inference call ``model(x)``.
     dtype : numpy.float32 or numpy.float64, default float32
         Of the parameters and all computation; inputs of another floating dtype are converted.
     seed : int or None
@@ -72,14 +85,14 @@ class RNN(Recurrent):
         self._forward_fn, self._backward_fn = impl.rnn_forward, impl.rnn_backward
 
     def _forward_args(self, x, state0, p, lengths, reverse):
-        return (x, state0[0], *p, lengths, self.nonlinearity, reverse)
+        return (x, state0[0], *p[:4], lengths, self.nonlinearity, reverse)
 
     def _forward_out(self, out):
         y, h_n = out
         return y, (h_n,), ()
 
     def _backward_args(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
-        return (x, state0[0], y, *p, lengths, self.nonlinearity, dy, dstate_n[0],
+        return (x, state0[0], y, *p[:4], lengths, self.nonlinearity, dy, dstate_n[0],
                 step["clip_per_step"], step["grad_norms"], reverse)
 
     def _backward_out(self, out):

@@ -2,10 +2,11 @@
 
     i, f, g, o = σ, σ, tanh, σ of (W_ih x_t + b_ih + W_hh h_{t-1} + b_hh), split in that order
     c_t = f ⊙ c_{t-1} + i ⊙ g
-    h_t = o ⊙ tanh(c_t)
+    h_t = o ⊙ tanh(c_t),  or with a projection  h_t = W_hr (o ⊙ tanh(c_t))
 
-Shapes: x (B, T, D), h0 and c0 (B, H), weight_ih (4H, D), weight_hh (4H, H), biases (4H,) or
-None, lengths (B,) integers or None. Gate order is PyTorch's (i, f, g, o). Written for clarity,
+Shapes: x (B, T, D), h0 (B, S) and c0 (B, H), weight_ih (4H, D), weight_hh (4H, S), biases
+(4H,) or None, weight_hr (P, H) or None, lengths (B,) integers or None; S = P with a
+projection, else H. Gate order is PyTorch's (i, f, g, o). Written for clarity,
 one timestep at a time; the functions take and return exactly what
 ``rnnfast._core.lstm_forward`` / ``lstm_backward`` do. ``reverse=True`` walks time the other
 way (see ``rnn``).
@@ -16,17 +17,19 @@ import numpy as np
 from .rnn import _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
 
 
-def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False):
+def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False,
+                 weight_hr=None):
     """Run one layer over the sequence.
 
-    Returns ``(y, h_n, c_n, gates, c)``: y (B, T, H) the outputs, zero past each sequence's
-    length; h_n, c_n (B, H) the states after each sequence's last valid step; and what backward
-    needs: gates (B, T, 4H), the activated i, f, g, o, and c (B, T, H), the cell state after
-    every step (both zero past each sequence's length).
+    Returns ``(y, h_n, c_n, gates, c)``: y (B, T, S) the outputs, zero past each sequence's
+    length; h_n (B, S), c_n (B, H) the states after each sequence's last valid step; and what
+    backward needs: gates (B, T, 4H), the activated i, f, g, o, and c (B, T, H), the cell
+    state after every step (both zero past each sequence's length).
     """
     B, T, _ = x.shape
-    H = weight_hh.shape[1]
-    y = np.zeros((B, T, H), dtype=x.dtype)
+    H = weight_hh.shape[0] // 4
+    S = weight_hh.shape[1]
+    y = np.zeros((B, T, S), dtype=x.dtype)
     gates = np.zeros((B, T, 4 * H), dtype=x.dtype)
     c_all = np.zeros((B, T, H), dtype=x.dtype)
     h, c = h0.copy(), c0.copy()
@@ -38,6 +41,8 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, rev
         i, f, g, o = _sigmoid(a_i), _sigmoid(a_f), np.tanh(a_g), _sigmoid(a_o)
         c_new = f * c + i * g
         h_new = o * np.tanh(c_new)
+        if weight_hr is not None:
+            h_new = h_new @ weight_hr.T  # the projection
         valid = _valid(lengths, B, t)
         h = np.where(valid, h_new, h)  # a finished sequence keeps both states
         c = np.where(valid, c_new, c)
@@ -48,13 +53,15 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, rev
 
 
 def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
-                  dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+                  dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False, reverse=False,
+                  weight_hr=None):
     """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y``, ``gates`` and ``c`` are what ``lstm_forward`` returned; ``dy`` (B, T, H), ``dh_n``
     and ``dc_n`` (B, H) are the gradients of the loss with respect to the outputs and the final
-    states. Returns ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh)``; the bias
-    gradients are None when the layer has no bias.
+    states. Returns ``(dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh,
+    dweight_hr)``; the bias gradients are None when the layer has no bias, dweight_hr without
+    a projection.
 
     Per-step options, on dL/dh_t only (the cell path dc is never clipped): ``clip_per_step``
     > 0 rescales each sequence's dL/dh_t to that norm whenever it is larger (0 or negative:
@@ -68,6 +75,7 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
     dweight_ih = np.zeros_like(weight_ih)
     dweight_hh = np.zeros_like(weight_hh)
     dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
+    dweight_hr = None if weight_hr is None else np.zeros_like(weight_hr)
     dh, dc = dh_n.copy(), dc_n.copy()  # dL/dh_t and dL/dc_t, carried backwards in time
     for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
@@ -77,9 +85,14 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
         tanh_c = np.tanh(c[:, t])
         dh_total = dh + dy[:, t]  # h_t feeds both the loss at t and the step t+1
         dh_total, norms[:, t] = _step_options(dh_total, valid, clip_per_step)  # dc: not clipped
-        # h_t = o * tanh(c_t)
-        do = dh_total * tanh_c
-        dc_total = dc + dh_total * o * (1 - tanh_c * tanh_c)  # c_t feeds h_t and c_{t+1}
+        dm = dh_total
+        if weight_hr is not None:
+            # h_t = m_t W_hr^T with m_t = o * tanh(c_t) (zero past a sequence's length)
+            dweight_hr += dh_total.T @ (o * tanh_c)
+            dm = dh_total @ weight_hr
+        # m_t = o * tanh(c_t)
+        do = dm * tanh_c
+        dc_total = dc + dm * o * (1 - tanh_c * tanh_c)  # c_t feeds h_t and c_{t+1}
         # c_t = f * c_{t-1} + i * g
         di = dc_total * g
         df = dc_total * c_prev
@@ -97,9 +110,9 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
         dh = np.where(valid, da @ weight_hh, dh)
         dc = np.where(valid, dc_total * f, dc)
     if bias_ih is None:
-        out = (dx, dh, dc, dweight_ih, dweight_hh, None, None)
+        out = (dx, dh, dc, dweight_ih, dweight_hh, None, None, dweight_hr)
     else:
-        out = (dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy())
+        out = (dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy(), dweight_hr)
     return out + (norms,) if grad_norms else out
 
 
