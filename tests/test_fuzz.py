@@ -169,12 +169,19 @@ def cell_case(draw):
     dtype = draw(st.sampled_from([np.float32, np.float64]))
     check_finite = draw(st.booleans())
     bias = draw(st.booleans())
+    # the arguments of bidirectional stacks, dropout and the LSTM's projection
+    N = 2 if draw(st.booleans()) else 1
+    dropout = draw(st.sampled_from([0.0, 0.0, 0.5])) if L > 1 else 0.0
+    proj = draw(st.integers(0, H - 1)) if cell == "lstm" and H > 1 and draw(st.booleans()) \
+        else 0
+    S = proj or H
+    widths = (S, H)
     scale = draw(st.sampled_from([1.0, 1.0, 1e4, 1e-30]))
     x = maybe_not_array(draw, draw(arrays(perturb(draw, (B, T, D)), scale=scale)))
     parts = CELLS[cell][0].state_parts if hasattr(CELLS[cell][0], "state_parts") else 1
     state = None
     if draw(st.booleans()):
-        ps = tuple(draw(arrays(perturb(draw, (L, B, H)))) for _ in range(parts))
+        ps = tuple(draw(arrays(perturb(draw, (N * L, B, widths[i])))) for i in range(parts))
         state = ps[0] if parts == 1 else (ps if draw(st.integers(0, 9)) else list(ps))
     lengths = None
     if draw(st.booleans()):
@@ -187,16 +194,18 @@ def cell_case(draw):
             lengths = lengths.astype(np.float64)
         elif kind == "shape":
             lengths = lengths[:-1] if B else np.zeros(1, np.int64)
-    dy_shape = perturb(draw, (B, T, H))
+    dy_shape = perturb(draw, (B, T, N * S))
     dy = draw(arrays(dy_shape, special_rate=0.1))
     dstate = None
     if draw(st.booleans()):
-        ps = tuple(draw(arrays(perturb(draw, (L, B, H)))) for _ in range(parts))
+        ps = tuple(draw(arrays(perturb(draw, (N * L, B, widths[i])))) for i in range(parts))
         dstate = ps[0] if parts == 1 else ps
     clip_per_step = draw(st.sampled_from([None, None, 0.5, 1e30, -1.0, np.nan, "1"]))
+    options = {"bidirectional": N == 2, "dropout": dropout,
+               **({"proj_size": proj} if proj else {})}
     return dict(cell=cell, D=D, H=H, L=L, dtype=dtype, check_finite=check_finite, bias=bias,
                 x=x, state=state, lengths=lengths, dy=dy, dstate=dstate,
-                clip_per_step=clip_per_step)
+                clip_per_step=clip_per_step, options=options)
 
 
 @fuzz
@@ -207,7 +216,7 @@ def test_fuzz_cells_forward_backward(case):
     for backend in ("cpp", "numpy"):
         model = cls(case["D"], case["H"], num_layers=case["L"], bias=case["bias"],
                     dtype=case["dtype"], seed=0, backend=backend,
-                    check_finite=case["check_finite"], **extra)
+                    check_finite=case["check_finite"], **extra, **case["options"])
         before = snapshot(model.params)
         try:
             results[backend] = run_cell(model, case["x"], case["state"], case["lengths"],
@@ -270,26 +279,28 @@ def core_case(draw):
         a["b_hh"] = None
     a["clip"] = draw(st.sampled_from([0.0, 0.5, -1.0, float("nan"), float("inf")]))
     a["norms"] = draw(st.booleans())
+    a["reverse"] = draw(st.booleans())
     return cell, dtype, a
 
 
 def _call_core(cell, a):
     if cell == "rnn":
         out = _core.rnn_forward(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
-                                a["lengths"], "tanh")
+                                a["lengths"], "tanh", a["reverse"])
         back = _core.rnn_backward(a["x"], a["h0"], a["y"], a["w_ih"], a["w_hh"], a["b_ih"],
                                   a["b_hh"], a["lengths"], "tanh", a["dy"], a["dh_n"],
-                                  clip_per_step=a["clip"], grad_norms=a["norms"])
+                                  clip_per_step=a["clip"], grad_norms=a["norms"],
+                                  reverse=a["reverse"])
     elif cell == "lstm":
         out = _core.lstm_forward(a["x"], a["h0"], a["c0"], a["w_ih"], a["w_hh"], a["b_ih"],
-                                 a["b_hh"], a["lengths"])
+                                 a["b_hh"], a["lengths"], a["reverse"])
         back = _core.lstm_backward(a["x"], a["h0"], a["c0"], a["y"], a["gates"], a["c"],
                                    a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"], a["lengths"],
                                    a["dy"], a["dh_n"], a["dc_n"], clip_per_step=a["clip"],
-                                   grad_norms=a["norms"])
+                                   grad_norms=a["norms"], reverse=a["reverse"])
     else:
         out = _core.gru_forward(a["x"], a["h0"], a["w_ih"], a["w_hh"], a["b_ih"], a["b_hh"],
-                                a["lengths"])
+                                a["lengths"], a["reverse"])
         back = _core.gru_backward(a["x"], a["h0"], a["y"], a["gates"], a["a_hn"], a["w_ih"],
                                   a["w_hh"], a["b_ih"], a["b_hh"], a["lengths"], a["dy"],
                                   a["dh_n"], clip_per_step=a["clip"], grad_norms=a["norms"])
