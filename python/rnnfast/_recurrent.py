@@ -489,11 +489,6 @@ class Recurrent:
         when ``step["grad_norms"]``."""
         raise NotImplementedError
 
-    def _layer_forward(self, x, state0, p, lengths, reverse):
-        """One layer in one direction: (y, final state tuple, saved tuple)."""
-        return self._forward_out(self._forward_fn(*self._forward_args(x, state0, p, lengths,
-                                                                      reverse)))
-
     def _layer_backward(self, x, state0, y, saved, p, lengths, dy, dstate_n, step, reverse):
         """One layer in one direction: see ``_backward_out``."""
         return self._backward_out(self._backward_fn(*self._backward_args(
