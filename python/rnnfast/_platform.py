@@ -87,7 +87,19 @@ def set_num_threads(n):
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     from . import _core
+    global _threads_chosen
     _core.set_num_threads(n)
+    _threads_chosen = True
+
+
+# Whether set_num_threads was called (OMP_NUM_THREADS calls it at import): rnnfast.torch's
+# modules follow torch.get_num_threads() until then.
+_threads_chosen = False
+
+
+def threads_chosen():
+    """Whether a thread count was chosen, by ``set_num_threads`` or OMP_NUM_THREADS."""
+    return _threads_chosen
 
 
 def threads_from_env(environ=None):
