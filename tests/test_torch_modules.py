@@ -178,3 +178,21 @@ def test_zero_state_gradient_is_not_returned_for_absent_hx():
     y, (h, c) = module(x)
     (y.sum() + h.sum() + c.sum()).backward()
     assert x.grad is not None and all(p.grad is not None for p in module.parameters())
+
+
+@pytest.mark.parametrize("cell,used", [("lstm", "h_n"), ("lstm", "c_n"), ("lstm_proj", "y"),
+                                       ("gru", "h_n"), ("rnn_tanh", "y")])
+def test_loss_on_some_outputs_only(cell, used):
+    """Outputs the loss never reaches get no gradient from autograd (None): they count as
+    zeros."""
+    module, reference = make_pair(cell, 2, True, True, batch_first=True, dtype=torch.float64)
+    x = torch.randn(B, T, D, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    grads = []
+    for m in (reference, module):
+        xs = x.clone().requires_grad_()
+        y, state = m(xs)
+        h = state[0] if isinstance(state, tuple) else state
+        picked = {"y": y, "h_n": h, "c_n": state[-1] if isinstance(state, tuple) else h}[used]
+        grads.append(torch.autograd.grad((picked ** 2).sum(), [xs, *m.parameters()]))
+    for want, got in zip(*grads):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)

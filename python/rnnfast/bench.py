@@ -49,6 +49,12 @@ How it measures (the choices, so that the numbers can be trusted):
   threads or more, rnnfast alone as pairs: a unidirectional layer at 1 thread against the
   bidirectional layer at 1 thread and at the worker's count, round robin in one process
   (``_pair_steps``). Each worker records its load average and which compiled module it ran.
+  ``--suite torch`` times a whole PyTorch training step per row instead of one layer: a
+  next-token model Embedding(V, D) → cell(D, H, batch_first=True) → Linear(H, V) with V =
+  ``VOCAB``, cross-entropy over every step, ``loss.backward()`` and ``torch.optim.Adam``'s
+  step, once with torch.nn's cell ("torch.nn") and once with rnnfast.torch's ("rnnfast.torch"),
+  from the same initial weights on the same tokens (``_model_steps``). Its GFLOP/s count the
+  cell's products and the Linear's (``model_flops``).
 
 Speed claims come only from this harness, as ratios within one run. It is never a timed test.
 """
@@ -76,6 +82,16 @@ DEFAULT_CONFIGS = ("online", "small", "medium", "large", "long")
 CELLS = ("RNN", "LSTM", "GRU")
 GATES = {"RNN": 1, "LSTM": 4, "GRU": 3}
 IMPLS = ("rnnfast", "numpy", "torch", "jax")
+# The torch suite's two implementations of one training step: rnnfast.torch's cell, the
+# reference of its rows (as "rnnfast" is of the others), and torch.nn's.
+MODEL_IMPLS = ("rnnfast.torch", "torch.nn")
+REFS = ("rnnfast", "rnnfast.torch")  # what "x rnnfast" divides by, whichever a row has
+# The torch suite's vocabulary: a character-level model's (ASCII fits in 128), the kind of
+# model small recurrent nets are trained as. The head's products are V / ((D + H)·G) of the
+# cell's: 1/12 (medium LSTM) to 1 (online RNN) at the bench configs, real work but not the
+# step's bulk; a word model's V of 10 000 would make them 6–80 times the cell's, and the step
+# would time a softmax that is the same whichever cell runs.
+VOCAB = 128
 MIN_REPEATS = 3
 SLOW_BUDGET = 4.0  # seconds of timed steps granted to a slow implementation per row
 MIN_TIMED = 0.02  # seconds: shorter steps are timed in loops that fill this (see _measure)
@@ -83,18 +99,29 @@ QUIET_S = 0.12  # seconds of busy waiting before each repeat with > 1 thread (se
 # What a run measures when its configs and cells are not given: ``--suite NAME``. A suite's
 # rows are one layer each, bidirectional or not; "pairs" adds, in every worker of 2 threads or
 # more, rnnfast alone timed round robin as a unidirectional layer at 1 thread and a
-# bidirectional one at 1 thread and at the worker's count (see ``_pair_steps``).
+# bidirectional one at 1 thread and at the worker's count (see ``_pair_steps``); "model"
+# rows are a whole PyTorch training step each (see ``_model_steps``); "impls" are the
+# implementations a suite can run (all of them unless ``--impls`` narrows it).
 SUITES = {
     "default": {"configs": DEFAULT_CONFIGS, "cells": CELLS, "bidirectional": False,
-                "pairs": False},
+                "pairs": False, "model": False, "impls": IMPLS},
     "bidirectional": {"configs": ("online", "small", "medium"), "cells": ("LSTM", "GRU"),
-                      "bidirectional": True, "pairs": True},
+                      "bidirectional": True, "pairs": True, "model": False, "impls": IMPLS},
+    "torch": {"configs": ("online", "small", "medium"), "cells": CELLS, "bidirectional": False,
+              "pairs": False, "model": True, "impls": MODEL_IMPLS},
 }
 
 
 def step_flops(cell, B, T, D, H, directions=1):
     """3 × 2·B·T·(D+H)·G·H per direction: forward products, and twice that in backward."""
     return directions * 3 * 2 * B * T * (D + H) * GATES[cell] * H
+
+
+def model_flops(cell, B, T, D, H, V=VOCAB):
+    """A torch-suite step: the cell's ``step_flops`` and the Linear head's 3 × 2·B·T·H·V
+    (forward, and the weight and input gradients); the embedding, the cross-entropy and Adam
+    are not counted."""
+    return step_flops(cell, B, T, D, H) + 3 * 2 * B * T * H * V
 
 
 def thread_env(n):
@@ -144,7 +171,7 @@ def _release_free_heap():
 
 def _peak_step_mib(step, impl):
     """What one call of ``step`` adds to the resident set at its peak, in MiB (or None)."""
-    if impl == "rnnfast":
+    if impl in REFS:
         # Blocks that rnnfast's array cache kept from the last step would already count in
         # the resident set before this one, and it would read low.
         import rnnfast
@@ -361,6 +388,70 @@ def _pair_steps(cell, dims, threads):
     return {"uni@1": at(1, uni), "bi@1": at(1, bi), f"bi@{threads}": at(threads, bi)}
 
 
+def _model_steps(cell, dims, impls, threads, vocab=VOCAB, lr=1e-3):
+    """name -> step() for the torch suite: one training step of Embedding(V, D) → cell(D, H,
+    batch_first=True) → Linear(H, V) on next-token prediction, with torch.nn's cell
+    ("torch.nn") or rnnfast.torch's ("rnnfast.torch").
+
+    A step is what a PyTorch training loop runs: ``zero_grad`` (set_to_none), the forward
+    pass, cross-entropy over all B·T positions (mean), ``loss.backward()`` and
+    ``torch.optim.Adam``'s step (its defaults: lr aside, as a user writes it); it returns the
+    loss (a 0-d tensor). Both models start from the same weights (torch.nn's initialisation
+    under ``torch.manual_seed(0)``, loaded into the other by ``load_state_dict``) and see the
+    same tokens (B, T + 1) drawn once; each has its own Adam. Each step function carries its
+    model and optimiser as ``step.model`` and ``step.optimizer``.
+    """
+    import torch
+
+    import rnnfast
+    import rnnfast.torch as rtorch
+    torch.set_num_threads(threads)
+    rnnfast.set_num_threads(threads)  # rnnfast.torch follows torch's count; said explicitly
+    B, T, D, H = dims
+    tokens = torch.randint(vocab, (B, T + 1), generator=torch.Generator().manual_seed(1))
+    inputs, targets = tokens[:, :-1].contiguous(), tokens[:, 1:].reshape(-1).contiguous()
+
+    class Model(torch.nn.Module):
+        def __init__(self, module):
+            super().__init__()
+            kw = {"nonlinearity": "tanh"} if cell == "RNN" else {}
+            self.embedding = torch.nn.Embedding(vocab, D)
+            self.cell = getattr(module, cell)(D, H, batch_first=True, **kw)
+            self.head = torch.nn.Linear(H, vocab)
+
+        def forward(self, tokens):
+            y, _ = self.cell(self.embedding(tokens))
+            return self.head(y)
+
+    torch.manual_seed(0)
+    weights = Model(torch.nn).state_dict()
+    steps = {}
+    for impl in impls:
+        if impl not in MODEL_IMPLS:
+            raise ValueError(f"the torch suite runs {', '.join(MODEL_IMPLS)}, not {impl!r}")
+        model = Model(torch.nn if impl == "torch.nn" else rtorch)
+        model.load_state_dict(weights)
+        opt = torch.optim.Adam(model.parameters(), lr=lr)
+
+        def step(model=model, opt=opt):
+            opt.zero_grad(set_to_none=True)
+            logits = model(inputs)
+            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, vocab), targets)
+            loss.backward()
+            opt.step()
+            return loss.detach()
+        step.model, step.optimizer = model, opt
+        steps[impl] = step
+    return steps
+
+
+def _suite_steps(spec, cell, dims, impls, threads):
+    """The steps of one row of the suite ``spec`` describes: a layer's or a whole model's."""
+    if spec.get("model"):
+        return _model_steps(cell, dims, impls, threads)
+    return _row_steps(cell, dims, impls, threads, spec["bidirectional"])
+
+
 def memory_worker(spec):
     """Peak memory of one step for ONE implementation, every row: {"config/cell": MiB}.
 
@@ -370,15 +461,15 @@ def memory_worker(spec):
     """
     import rnnfast
     impl = spec["impl"]
-    have, _ = _available([impl])
+    have, _ = _available(["torch"] if spec.get("model") else [impl])
     peaks = {}
-    if not have.get(impl):
+    if not have.get("torch" if spec.get("model") else impl):
         return peaks
     for cfg in spec["configs"]:
         for cell in spec["cells"]:
             if getattr(rnnfast, cell, None) is None:
                 continue
-            step = _row_steps(cell, CONFIGS[cfg], [impl], 1, spec["bidirectional"])[impl]
+            step = _suite_steps(spec, cell, CONFIGS[cfg], [impl], 1)[impl]
             if impl != "jax":  # JAX is compiled already; XLA keeps buffers after a first run
                 step()
                 step()
@@ -396,8 +487,15 @@ def worker(spec):
     import rnnfast
     if hasattr(rnnfast, "set_num_threads"):
         rnnfast.set_num_threads(threads)
-    have, notes = _available(spec["impls"])
-    wanted = [i for i in spec["impls"] if have.get(i)]
+    model = spec.get("model", False)
+    if model:  # both implementations of a model step are PyTorch's
+        have, notes = _available(["torch"])
+        wanted = list(spec["impls"]) if have["torch"] else []
+        if not have["torch"]:
+            notes["torch"] += " (the torch suite needs it: no rows)"
+    else:
+        have, notes = _available(spec["impls"])
+        wanted = [i for i in spec["impls"] if have.get(i)]
     out = {"threads": threads, "notes": notes, "versions": _versions(have),
            "affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
            else None,
@@ -418,11 +516,16 @@ def worker(spec):
             if getattr(rnnfast, cell, None) is None:
                 out["notes"][cell] = f"rnnfast has no {cell} yet; skipped"
                 continue
-            steps = _row_steps(cell, dims, wanted, threads, bi)
-            flops = step_flops(cell, *dims, directions=2 if bi else 1)
+            if not wanted:
+                continue
+            steps = _suite_steps(spec, cell, dims, wanted, threads)
+            flops = (model_flops(cell, *dims) if model
+                     else step_flops(cell, *dims, directions=2 if bi else 1))
             row = _measure(cfg, cell, dims, steps, spec["repeats"], threads,
                            dict.fromkeys(steps, flops))
             row["bidirectional"] = bi
+            if model:
+                row["model"] = {"vocab": VOCAB, "optimizer": "Adam"}
             out["rows"].append(row)
             del steps
             if pairs:
@@ -532,18 +635,21 @@ def _measure(cfg, cell, dims, steps, repeats, threads, flops):
 
 # -- the driver ------------------------------------------------------------------------------
 
-def run(configs=None, cells=None, threads=(1, 2), impls=IMPLS, repeats=15,
+def run(configs=None, cells=None, threads=(1, 2), impls=None, repeats=15,
         ceiling_repeats=20, progress=None, suite="default"):
     """Run the benchmark, one worker subprocess per thread count; returns the result dict.
 
-    ``suite`` names an entry of ``SUITES``: the configs and cells it runs when they are None,
-    whether its layers are bidirectional, and whether it times the pairs (``_pair_steps``).
+    ``suite`` names an entry of ``SUITES``: the configs, cells and implementations it runs
+    when they are None, whether its layers are bidirectional, whether it times the pairs
+    (``_pair_steps``), and whether its rows are whole PyTorch training steps
+    (``_model_steps``).
     """
     if suite not in SUITES:
         raise ValueError(f"unknown suite {suite!r}; choose from {', '.join(SUITES)}")
     what = SUITES[suite]
     configs = what["configs"] if configs is None else configs
     cells = what["cells"] if cells is None else cells
+    impls = what["impls"] if impls is None else impls
     for c in configs:
         if c not in CONFIGS:
             raise ValueError(f"unknown config {c!r}; choose from {', '.join(CONFIGS)}")
@@ -551,8 +657,9 @@ def run(configs=None, cells=None, threads=(1, 2), impls=IMPLS, repeats=15,
         if c not in CELLS:
             raise ValueError(f"unknown cell {c!r}; choose from {', '.join(CELLS)}")
     for i in impls:
-        if i not in IMPLS:
-            raise ValueError(f"unknown implementation {i!r}; choose from {', '.join(IMPLS)}")
+        if i not in what["impls"]:
+            raise ValueError(f"unknown implementation {i!r} for suite {suite!r}; choose from "
+                             f"{', '.join(what['impls'])}")
     cpus = os.cpu_count() or 1
     result = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "machine": _machine(),
               "command": " ".join([os.path.basename(sys.argv[0])] + sys.argv[1:]),
@@ -563,7 +670,8 @@ def run(configs=None, cells=None, threads=(1, 2), impls=IMPLS, repeats=15,
     for n in threads:
         spec = {"threads": n, "configs": list(configs), "cells": list(cells),
                 "impls": list(impls), "repeats": repeats, "ceiling_repeats": ceiling_repeats,
-                "bidirectional": what["bidirectional"], "pairs": what["pairs"]}
+                "bidirectional": what["bidirectional"], "pairs": what["pairs"],
+                "model": what["model"]}
         if progress:
             progress(f"threads={n}: {len(configs)} config(s) x {len(cells)} cell(s) ...")
         result["runs"].append(_spawn(spec))
@@ -571,7 +679,8 @@ def run(configs=None, cells=None, threads=(1, 2), impls=IMPLS, repeats=15,
         if progress:
             progress(f"peak memory of {impl} (a process of its own) ...")
         spec = {"mode": "memory", "impl": impl, "threads": 1, "configs": list(configs),
-                "cells": list(cells), "bidirectional": what["bidirectional"]}
+                "cells": list(cells), "bidirectional": what["bidirectional"],
+                "model": what["model"]}
         peaks = _spawn(spec)
         for run_ in result["runs"]:
             for row in run_["rows"]:
@@ -666,20 +775,27 @@ def format_table(result):
         if any(row.get("bidirectional") for row in run["rows"]):
             lines.append("every row: one bidirectional layer, y (B, T, 2H); GFLOP/s count "
                          "both directions")
+        model = next((row["model"] for row in run["rows"] if row.get("model")), None)
+        if model:
+            lines.append(f"every row: one training step of Embedding(V={model['vocab']}, D) -> "
+                         f"cell(D, H) -> Linear(H, V), cross-entropy at every step, backward, "
+                         f"{model['optimizer']}; the cell rnnfast.torch's or torch.nn's; "
+                         "GFLOP/s count the cell and the Linear")
         for note in run["notes"].values():
             lines.append(f"  note: {note}")
-        head = (f"{'config':<7} {'cell':<5} {'impl':<8} {'median ms':>9} {'IQR/med':>7} "
+        w = max([8] + [len(name) for row in run["rows"] for name in row["impls"]])
+        head = (f"{'config':<7} {'cell':<5} {'impl':<{w}} {'median ms':>9} {'IQR/med':>7} "
                 f"{'rep':>3} {'steps*B/s':>10} {'GFLOP/s':>7} {'ceil%':>6} {'peak MiB':>8} "
                 f"{'x rnnfast':>9}")
         lines.append(head)
         lines.append("-" * len(head))
         for row in run["rows"]:
-            ref = row["impls"].get("rnnfast")
+            ref = _ref(row)
             for name, r in row["impls"].items():
                 ratio = f"{r['median_s'] / ref['median_s']:9.2f}" if ref else f"{'':>9}"
                 peak = f"{r['peak_mib']:8.1f}" if r["peak_mib"] is not None else f"{'':>8}"
                 lines.append(
-                    f"{row['config']:<7} {row['cell']:<5} {name:<8} {_fmt_time(r['median_s'])} "
+                    f"{row['config']:<7} {row['cell']:<5} {name:<{w}} {_fmt_time(r['median_s'])} "
                     f"{r['iqr_over_median'] * 100:6.1f}% {r['repeats']:>3} "
                     f"{r['throughput']:10.0f} {r['gflops']:7.2f} "
                     f"{r['ceiling_fraction'] * 100:5.1f}% {peak} {ratio}")
@@ -687,6 +803,22 @@ def format_table(result):
         if run.get("pairs"):
             lines += _pairs_table(run)
     return "\n".join(lines)
+
+
+def _ref(row):
+    """The row's rnnfast entry, the one "x rnnfast" divides by (None if it has none)."""
+    return next((row["impls"][k] for k in REFS if k in row["impls"]), None)
+
+
+def model_target(cell, B):
+    """The torch suite's target at 2 threads, torch.nn's step time over rnnfast.torch's:
+    3 at batch 1 for every cell; from B = 16 on 2 for the RNN and the GRU, 1.3 for the LSTM;
+    None (no target) in between."""
+    if B == 1:
+        return 3.0
+    if B >= 16:
+        return 1.3 if cell == "LSTM" else 2.0
+    return None
 
 
 def _noise_line(lines, rows):
@@ -727,23 +859,35 @@ def plot(result, path):
     panels = len(runs) + len(paired)
     fig, axes = plt.subplots(panels, 1, figsize=(11, 3.6 * panels), squeeze=False)
     for ax, run in zip(axes[:, 0], runs):
-        rows = [r for r in run["rows"] if "rnnfast" in r["impls"]]
-        peers = [p for p in IMPLS if p != "rnnfast" and any(p in r["impls"] for r in rows)]
+        rows = [r for r in run["rows"] if _ref(r) is not None]
+        names = IMPLS + MODEL_IMPLS
+        peers = [p for p in names if p not in REFS and any(p in r["impls"] for r in rows)]
         width = 0.8 / max(len(peers), 1)
         for k, peer in enumerate(peers):
             xs, hs = [], []
             for i, r in enumerate(rows):
                 if peer in r["impls"]:
                     xs.append(i + k * width)
-                    hs.append(r["impls"][peer]["median_s"] / r["impls"]["rnnfast"]["median_s"])
+                    hs.append(r["impls"][peer]["median_s"] / _ref(r)["median_s"])
             ax.bar(xs, hs, width, label=f"vs {peer}")
         ax.axhline(1, color="k", lw=0.8)
         ax.set_yscale("log")
         ax.set_xticks([i + width * (len(peers) - 1) / 2 for i in range(len(rows))])
         ax.set_xticklabels([f"{r['config']}\n{r['cell']}" for r in rows], fontsize=8)
         ax.set_ylabel("rnnfast speed-up (x)")
-        layer = "bidirectional layer" if any(r.get("bidirectional") for r in rows) else "layer"
-        ax.set_title(f"one training step of one {layer}, float32, {run['threads']} thread(s)")
+        model = any(r.get("model") for r in rows)
+        if model and run["threads"] == 2:  # the targets are stated at 2 threads
+            marks = [(i, model_target(r["cell"], r["B"])) for i, r in enumerate(rows)]
+            marks = [(i, t) for i, t in marks if t is not None]
+            ax.plot([i for i, _ in marks], [t for _, t in marks], "r_", ms=22, mew=2,
+                    label="target")
+        if model:
+            what = "Embedding -> cell -> Linear, cross-entropy, Adam (rnnfast.torch's cell)"
+        else:
+            layer = ("bidirectional layer" if any(r.get("bidirectional") for r in rows)
+                     else "layer")
+            what = f"one {layer}"
+        ax.set_title(f"one training step of {what}, float32, {run['threads']} thread(s)")
         ax.legend(fontsize=8)
     for ax, run in zip(axes[len(runs):, 0], paired):
         bi_n = f"bi@{run['threads']}"
@@ -770,14 +914,19 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="rnnfast bench", description=__doc__.split("\n")[0])
     p.add_argument("--suite", choices=list(SUITES), default="default",
                    help="what to run: 'default' (every config and cell, one-direction "
-                        "layers) or 'bidirectional' (online, small, medium; LSTM, GRU; "
+                        "layers), 'bidirectional' (online, small, medium; LSTM, GRU; "
                         "bidirectional layers, and rnnfast's unidirectional layer at 1 thread "
-                        "against its bidirectional one at 2); --configs and --cells narrow it")
+                        "against its bidirectional one at 2) or 'torch' (online, small, "
+                        "medium; every cell; a whole PyTorch training step, Embedding -> cell "
+                        "-> Linear + Adam, rnnfast.torch's cell against torch.nn's); "
+                        "--configs, --cells and --impls narrow it")
     p.add_argument("--configs", nargs="+", default=None,
                    help=f"from {', '.join(f'{k}={v}' for k, v in CONFIGS.items())} "
                         "as (B, T, D, H); default: the suite's")
     p.add_argument("--cells", nargs="+", default=None, help="default: the suite's")
-    p.add_argument("--impls", nargs="+", default=list(IMPLS))
+    p.add_argument("--impls", nargs="+", default=None,
+                   help=f"default: the suite's ({' '.join(IMPLS)}; for 'torch' "
+                        f"{' '.join(MODEL_IMPLS)})")
     p.add_argument("--threads", nargs="+", type=int, default=None, help="default: 1 2")
     p.add_argument("--repeats", type=int, default=15, help="timed steps per implementation "
                    f"(slow ones get fewer, at least {MIN_REPEATS})")

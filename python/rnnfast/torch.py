@@ -63,9 +63,14 @@ class _Stack(torch.autograd.Function):
         impl.params = arrays
         state = _state_arrays(states)
         y, state_n, cache = impl._run(x.detach().numpy(), state, lengths, train)
-        ctx.impl, ctx.cache, ctx.arrays, ctx.n_state = impl, cache, arrays, n_state
+        ctx.impl, ctx.cache, ctx.arrays = impl, cache, arrays
         ctx.state_given = [s is not None for s in states]
-        outs = (torch.from_numpy(y), *(torch.from_numpy(s) for s in _parts(state_n)))
+        state_n = _parts(state_n)
+        ctx.shapes = (y.shape, [s.shape for s in state_n])
+        # An output that the loss does not reach gets None, not a tensor of zeros: rnnfast's
+        # backward takes None for a zero dstate, and a zero dy is made only when needed.
+        ctx.set_materialize_grads(False)
+        outs = (torch.from_numpy(y), *(torch.from_numpy(s) for s in state_n))
         # Saved so that autograd refuses a backward after any of them was changed in place:
         # the cache holds views of x and of the outputs, and the weights are read again.
         ctx.save_for_backward(x, *params, outs[0])
@@ -81,8 +86,15 @@ class _Stack(torch.autograd.Function):
         ctx.saved_tensors  # raises if x, a parameter or y was modified in place since forward
         impl = ctx.impl
         impl.params = ctx.arrays  # another forward may have pointed it elsewhere since
-        dstate = _state_arrays(dstate)
-        dx, dstate0, grads = impl.backward(ctx.cache, dy.numpy(), dstate, check_finite=False)
+        y_shape, state_shapes = ctx.shapes
+        dy = np.zeros(y_shape, impl.dtype) if dy is None else dy.numpy()
+        if all(d is None for d in dstate):
+            dstate = None
+        else:
+            dstate = tuple(np.zeros(shape, impl.dtype) if d is None else d.numpy()
+                           for d, shape in zip(dstate, state_shapes))
+            dstate = dstate if len(dstate) > 1 else dstate[0]
+        dx, dstate0, grads = impl.backward(ctx.cache, dy, dstate, check_finite=False)
         dstate0 = [torch.from_numpy(a) if given else None
                    for a, given in zip(_parts(dstate0), ctx.state_given)]
         return (None, None, None, None, torch.from_numpy(dx), *dstate0,
@@ -95,9 +107,9 @@ def _parts(state):
 
 
 def _state_arrays(parts):
-    """Tensors (each None or (L·N, B, S)) -> rnnfast's state argument: None for zeros, one
-    array, or the LSTM's tuple."""
-    if parts[0] is None:  # hx not given: all parts are None
+    """The initial state's tensors (each (L·N, B, S), or all None) -> rnnfast's state
+    argument: None for zeros, one array, or the LSTM's tuple."""
+    if parts[0] is None:
         return None
     arrays = tuple(p.detach().numpy() for p in parts)
     return arrays if len(arrays) > 1 else arrays[0]
@@ -203,9 +215,11 @@ class _Module:
                                  f"{data.dim()}D instead")
             batched = data.dim() == 3
             x = data if batched else data.unsqueeze(batch_dim)
-            if hx is not None:
+            if hx is None:
+                self.check_input(x, None)
+            else:
                 hx = self._batched_state(hx, batched)
-            self.check_forward_args(x, hx if hx is not None else self._zero_state(x), None)
+                self.check_forward_args(x, hx, None)
             if not self.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
@@ -256,16 +270,6 @@ class _Module:
         if not batched:
             parts = tuple(p.unsqueeze(1) for p in parts)
         return parts if lstm else parts[0]
-
-    def _zero_state(self, x):
-        """A stand-in zero state of the right shape for torch.nn's checks (expanded: free)."""
-        B = x.shape[0 if self.batch_first else 1]
-        N = 2 if self.bidirectional else 1
-        S = self.proj_size or self.hidden_size
-        h = x.new_zeros(()).expand(N * self.num_layers, B, S)
-        if self.mode == "LSTM":
-            return h, x.new_zeros(()).expand(N * self.num_layers, B, self.hidden_size)
-        return h
 
 
 class RNN(_Module, torch.nn.RNN):
