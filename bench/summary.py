@@ -10,10 +10,17 @@ A run of ``--suite bidirectional`` also gets the bidirectional targets, each sai
 not: at 2 threads, rnnfast faster than the best of PyTorch and JAX by at least 1.3x on every
 row and 3x at online; rnnfast's bidirectional layer at 2 threads within 1.2x the time of its
 unidirectional layer at 1 thread (the pairs, timed in one process).
+
+A run of ``--suite torch`` gets instead, per thread count, torch.nn's and rnnfast.torch's
+training-step medians and their ratio (torch.nn's over rnnfast.torch's), then its targets at
+2 threads, each said to hold or not: ≥ 3× for every cell at batch 1; from B = 16 on ≥ 2× for
+the RNN and the GRU and ≥ 1.3× for the LSTM (``rnnfast.bench.model_target``).
 """
 
 import json
 import sys
+
+from rnnfast.bench import model_target
 
 PEERS = ("torch", "jax")
 BI_THREADS = 2  # the bidirectional targets are stated at 2 threads
@@ -108,6 +115,69 @@ def bidirectional_targets(result):
     return "\n".join(lines)
 
 
+MODEL_THREADS = 2  # the torch suite's targets are stated at 2 threads
+
+
+def model_table(run):
+    """Markdown: the torch suite's medians at one thread count, and the ratio with its IQRs."""
+    lines = [f"threads = {run['threads']}: one training step, Embedding → cell → Linear, "
+             "cross-entropy, backward, Adam", "",
+             "| config | cell | B | torch.nn ms | rnnfast.torch ms | × | IQR/med (torch.nn, "
+             "rnnfast.torch) | peak MiB (torch.nn, rnnfast.torch) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in run["rows"]:
+        nn, rt = row["impls"].get("torch.nn"), row["impls"].get("rnnfast.torch")
+        ms = lambda r: fmt(r and r["median_s"] * 1e3, ".2f")  # noqa: E731
+        iqr = lambda r: fmt(r and r["iqr_over_median"] * 100, ".1f", "–") + " %"  # noqa: E731
+        mib = lambda r: fmt(r and r["peak_mib"], ".1f")  # noqa: E731
+        ratio = nn["median_s"] / rt["median_s"] if nn and rt else None
+        lines.append(f"| {row['config']} | {row['cell']} | {row['B']} | {ms(nn)} | {ms(rt)} | "
+                     f"{fmt(ratio, '.2f')} | {iqr(nn)}, {iqr(rt)} | {mib(nn)}, {mib(rt)} |")
+    return "\n".join(lines)
+
+
+def model_targets(result):
+    """Markdown: the torch suite's targets at 2 threads, per row with its numbers, then one
+    line per target."""
+    run = next((r for r in result["runs"] if r["threads"] == MODEL_THREADS), None)
+    if run is None:
+        return f"torch-suite targets: no run at {MODEL_THREADS} threads in this file."
+    lines = [f"torch-suite targets, {MODEL_THREADS} threads (× = torch.nn's step time over "
+             "rnnfast.torch's)", "",
+             "| config | cell | B | torch.nn ms | rnnfast.torch ms | × | needed | holds |",
+             "|---|---|---|---|---|---|---|---|"]
+    found = {"online": {}, "RNN/GRU": {}, "LSTM": {}}
+    for row in run["rows"]:
+        nn, rt = row["impls"].get("torch.nn"), row["impls"].get("rnnfast.torch")
+        need = model_target(row["cell"], row["B"])
+        if not (nn and rt):
+            lines.append(f"| {row['config']} | {row['cell']} | {row['B']} | – | – | – | "
+                         f"{fmt(need, 'g')} | not measured |")
+            continue
+        ratio = nn["median_s"] / rt["median_s"]
+        ok = None if need is None else ratio >= need
+        lines.append(f"| {row['config']} | {row['cell']} | {row['B']} | "
+                     f"{nn['median_s'] * 1e3:.2f} | {rt['median_s'] * 1e3:.2f} | {ratio:.2f} | "
+                     f"{'–' if need is None else f'≥ {need:g}'} | "
+                     f"{'no target' if ok is None else 'yes' if ok else 'no'} |")
+        if need is not None:
+            group = "online" if row["B"] == 1 else "LSTM" if row["cell"] == "LSTM" else "RNN/GRU"
+            found[group][(row["config"], row["cell"])] = (ratio, ok)
+
+    def said(name, rows):
+        if not rows:
+            return f"- {name}: no such row measured in this file."
+        misses = [f"{c} {cell} {v[0]:.2f}" for (c, cell), v in rows.items() if not v[1]]
+        values = [v[0] for v in rows.values()]
+        return (f"- {name}: {verdict(not misses)} (× {min(values):.2f}–{max(values):.2f}"
+                + (f"; misses: {', '.join(misses)}" if misses else "") + ").")
+    lines += ["",
+              said("≥ 2× for RNN and GRU at every config with B ≥ 16", found["RNN/GRU"]),
+              said("≥ 1.3× for the LSTM at every config with B ≥ 16", found["LSTM"]),
+              said("≥ 3× for all three at batch 1", found["online"])]
+    return "\n".join(lines)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
@@ -117,6 +187,10 @@ def main(argv=None):
         result = json.load(f)
     m = result["machine"]
     print(f"{result['date']}, {m['cpu']}, {m['cores']} cores: `python bench/{result['command']}`\n")
+    if result.get("suite") == "torch":
+        print("\n\n".join(model_table(run) for run in result["runs"]))
+        print("\n" + model_targets(result))
+        return 0
     print("\n\n".join(table(run) for run in result["runs"]))
     if result.get("suite") == "bidirectional":
         print("\n" + bidirectional_targets(result))

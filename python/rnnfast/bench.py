@@ -879,6 +879,7 @@ def plot(result, path):
         if model and run["threads"] == 2:  # the targets are stated at 2 threads
             marks = [(i, model_target(r["cell"], r["B"])) for i, r in enumerate(rows)]
             marks = [(i, t) for i, t in marks if t is not None]
+        if model and run["threads"] == 2 and marks:
             ax.plot([i for i, _ in marks], [t for _, t in marks], "r_", ms=22, mew=2,
                     label="target")
         if model:
