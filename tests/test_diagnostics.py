@@ -57,6 +57,29 @@ def test_gradient_flow_float32_and_no_parameter_change():
     assert "GRU" in flow.summary() and flow.seconds > 0
 
 
+@pytest.mark.parametrize("pool", ["last", "mean"])
+def test_gradient_flow_of_a_pooled_model_with_lengths(pool):
+    """Token ids -> Embedding -> BiLSTM -> pool -> Linear: per-sequence targets, and lengths
+    that reach the recurrent stack and the pool (not the per-sequence loss). The norms are
+    backward's, each direction a row, zero past the longest sequence."""
+    model = rnnfast.Model(rnnfast.LSTM(8, 6, bidirectional=True, dtype=np.float64, seed=0),
+                          rnnfast.Linear(12, 3, dtype=np.float64, seed=1),
+                          embedding=rnnfast.Embedding(20, 8, dtype=np.float64, seed=2),
+                          pool=pool)
+    ids = np.random.default_rng(0).integers(0, 20, (4, 7))
+    targets, lengths = np.array([0, 1, 2, 0]), np.array([5, 3, 5, 1])
+    flow = diagnostics.gradient_flow(model, ids, targets, loss="cross_entropy",
+                                     lengths=lengths)
+    assert flow.grad_norms.shape == (2, 7)
+    assert (flow.grad_norms[:, 5:] == 0).all() and (flow.grad_norms[:, :5] > 0).all()
+    value, _ = rnnfast.train.sequence_loss("cross_entropy", model(ids, lengths=lengths)[0],
+                                           targets)
+    assert flow.loss == pytest.approx(value, rel=1e-12)
+    with pytest.raises(ValueError, match="pools over time"):
+        diagnostics.gradient_flow(model, ids, targets, loss="cross_entropy_last",
+                                  lengths=lengths)
+
+
 def test_gradient_flow_needs_targets_or_dy():
     rec = rnnfast.RNN(2, 3, seed=0)
     x = np.zeros((1, 4, 2), np.float32)

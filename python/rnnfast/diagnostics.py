@@ -249,7 +249,7 @@ def gradient_flow(model, x, targets=None, loss="mse_last", lengths=None, *, dy=N
     >>> flow.grad_norms.shape
     (1, 50)
     """
-    from .train import sequence_loss
+    from .train import _check_loss, _per_sequence, sequence_loss
 
     start = time.perf_counter()
     rec = model.recurrent if isinstance(model, Model) else model
@@ -258,10 +258,13 @@ def gradient_flow(model, x, targets=None, loss="mse_last", lengths=None, *, dy=N
                         f"{type(model).__name__}")
     if (targets is None) == (dy is None):
         raise ValueError("give exactly one of targets (with loss) or dy")
+    if dy is None:
+        _check_loss(model, loss)
     out, _, cache = model.forward(x, state, lengths)
     value = None
     if dy is None:
-        value, dy = sequence_loss(loss, out, targets, lengths)
+        # A pooled model's logits are one per sequence: its pool has used the lengths.
+        value, dy = sequence_loss(loss, out, targets, None if _per_sequence(model) else lengths)
     *_, norms = model.backward(cache, dy, return_grad_norms=True)
     report = weight_hh_report(rec) if spectral_numbers else []
     return GradientFlow(grad_norms=np.asarray(norms, dtype=np.float64), loss=value,
