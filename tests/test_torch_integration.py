@@ -7,7 +7,6 @@ reference is the same program run with torch.nn's module, or run uncompiled, or 
 """
 
 import copy
-import importlib.util
 import json
 import os
 import pickle
@@ -80,7 +79,7 @@ TRAIN_CONFIGS = {
     "GRU-time-major": ("GRU", dict(num_layers=1)),
     "RNN-relu-2-layer": ("RNN", dict(num_layers=2, nonlinearity="relu", batch_first=True)),
 }
-MAX_NORM = 0.5
+MAX_NORM = 0.2
 
 
 def train(cell, kw, init_state, data, steps=50):
@@ -219,6 +218,8 @@ def _outputs_and_grads(fn, model, ids):
     return out.detach(), grads(model)
 
 
+# Importing inductor warns about torch's own use of torch.jit.script_method.
+@pytest.mark.filterwarnings("ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("backend", ["eager", "aot_eager", "inductor"])
 def test_compile_matches_uncompiled(backend):
     # inductor finishes in about a second here: dynamo leaves the frame that calls a
@@ -236,13 +237,17 @@ def test_compile_matches_uncompiled(backend):
     torch._dynamo.reset()
 
 
+# Dynamo reads .grad of every non-leaf tensor that enters a resumed frame, which warns
+# (and, as an error under this suite's filterwarnings, aborts tracing) after any graph break.
+@pytest.mark.filterwarnings("ignore:The .grad attribute of a Tensor that is not a leaf")
 @pytest.mark.parametrize("allow_rnn", [False, True], ids=["default", "allow_rnn"])
 @pytest.mark.parametrize("backend", ["eager", "aot_eager"])
 def test_compile_breaks_the_graph_only_at_the_module(allow_rnn, backend):
-    # The module's documentation: "the modules' forward is a graph break: it runs eagerly and
-    # the rest of the model compiles". The embedding before it and the tanh and Linear after
-    # it must therefore reach the backend. inductor is left out: with allow_rnn it compiles
-    # real kernels, about 30 s from a cold cache on two cores.
+    # As with torch.nn's recurrent modules (these are subclasses of them), dynamo by default
+    # leaves the whole frame that calls the module uncompiled; with allow_rnn the module's
+    # forward is a graph break and the embedding before it and the tanh and Linear after it
+    # reach the backend. inductor is left out: with allow_rnn it compiles real kernels, about
+    # 30 s from a cold cache on two cores.
     from torch._dynamo.testing import CompileCounterWithBackend
 
     torch.manual_seed(0)
@@ -257,8 +262,11 @@ def test_compile_breaks_the_graph_only_at_the_module(allow_rnn, backend):
     torch._dynamo.reset()
     assert rel_err(out, ref_out) <= 1e-12
     assert max_rel_err(got, ref_grads) <= 1e-12
-    assert counter.frame_count == 2, "one graph before the module and one after it"
-    assert counter.op_count >= 3, "embedding, tanh and linear"
+    if allow_rnn:
+        assert counter.frame_count == 2, "one graph before the module and one after it"
+        assert counter.op_count >= 3, "embedding, tanh and linear"
+    else:
+        assert counter.frame_count == 0, "torch.nn's rule for frames that call an RNN"
 
 
 # -- 4. DistributedDataParallel --------------------------------------------------------------
@@ -441,15 +449,16 @@ def test_double_backward_is_refused(name):
         torch.autograd.grad(y.pow(2).sum(), x, create_graph=True)
 
 
+def _zeros(*shape):
+    return torch.zeros(*shape, dtype=F64)
+
+
+# For an input (T=5, B=2, D=3) and hidden size 4: a mistake and how torch.nn's message starts.
 HX_CASES = {
-    "RNN h": ("RNN", lambda: torch.zeros(1, 3, 4, dtype=F64), "Expected hidden size"),
-    "GRU h": ("GRU", lambda: torch.zeros(1, 2, 5, dtype=F64), "Expected hidden size"),
-    "LSTM h": ("LSTM", lambda: (torch.zeros(2, 2, 4, dtype=F64), torch.zeros(1, 2, 4,
-                                                                             dtype=F64)),
-               "Expected hidden[0] size"),
-    "LSTM c": ("LSTM", lambda: (torch.zeros(1, 2, 4, dtype=F64), torch.zeros(1, 3, 4,
-                                                                             dtype=F64)),
-               "Expected hidden[1] size"),
+    "RNN h": ("RNN", lambda: _zeros(1, 3, 4), "Expected hidden size"),
+    "GRU h": ("GRU", lambda: _zeros(1, 2, 5), "Expected hidden size"),
+    "LSTM h": ("LSTM", lambda: (_zeros(2, 2, 4), _zeros(1, 2, 4)), "Expected hidden[0] size"),
+    "LSTM c": ("LSTM", lambda: (_zeros(1, 2, 4), _zeros(1, 3, 4)), "Expected hidden[1] size"),
 }
 
 
@@ -466,13 +475,12 @@ def test_wrong_state_shape_gives_torch_error(case):
     assert str(got.value) == str(want.value)
 
 
-@pytest.mark.parametrize("name", CLASSES)
-@pytest.mark.parametrize("what", ["output", "input", "weight", "h0", "c0"])
+@pytest.mark.parametrize("name, what", [
+    (name, what) for what in ("output", "input", "weight", "h0", "c0") for name in CLASSES
+    if what != "c0" or name == "LSTM"])
 def test_inplace_change_before_backward_is_refused(name, what):
     # Backward reads these after forward; changed in place they would give a wrong gradient
     # silently, so autograd's version check must refuse (torch.nn refuses for the state too).
-    if what == "c0" and name != "LSTM":
-        pytest.skip("only the LSTM has a cell state")
     _, fast = pair(name, 3, 4, batch_first=True)
     x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
     h0 = torch.randn(1, 2, 4, dtype=F64)

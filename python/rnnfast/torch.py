@@ -30,8 +30,10 @@ Differences from torch.nn, all deliberate:
   ``OMP_NUM_THREADS``) chose a count; with two threads the two directions of a bidirectional
   layer run at the same time.
 
-Under ``torch.compile`` the modules' forward is a graph break: it runs eagerly and the rest of
-the model compiles. Importing this module needs PyTorch; ``import rnnfast`` does not.
+Under ``torch.compile`` they behave as torch.nn's recurrent modules: by default dynamo leaves
+the frame that calls one uncompiled (it runs eagerly, with the same results); with
+``torch._dynamo.config.allow_rnn = True`` the modules' forward is a graph break and the rest
+of that frame compiles. Importing this module needs PyTorch; ``import rnnfast`` does not.
 """
 
 import numpy as np
@@ -72,8 +74,9 @@ class _Stack(torch.autograd.Function):
         ctx.set_materialize_grads(False)
         outs = (torch.from_numpy(y), *(torch.from_numpy(s) for s in state_n))
         # Saved so that autograd refuses a backward after any of them was changed in place:
-        # the cache holds views of x and of the outputs, and the weights are read again.
-        ctx.save_for_backward(x, *params, outs[0])
+        # the cache holds views of x, of the initial state and of the outputs, and the
+        # weights are read again.
+        ctx.save_for_backward(x, *(s for s in states if s is not None), *params, outs[0])
         return outs
 
     @staticmethod
