@@ -166,6 +166,8 @@ class _Module:
                                     check_finite=False, **kw)
             if self.num_layers > 1 and self.dropout > 0:
                 impl._dropout_mask = _Drop(self.dropout, dtype)
+            # forward passes self._flat_weights in this order
+            assert list(impl.params) == list(self._flat_weights_names), "parameter order"
             impls[dtype] = impl
         return impl
 
@@ -179,9 +181,9 @@ class _Module:
     def _refuse(self, input):
         """Clear errors for what rnnfast cannot run, in torch's style."""
         name = f"rnnfast.torch.{type(self).__name__}"
-        tensors = [input, *self._flat_weights]
-        for t in tensors:
-            if t is not None and t.device.type != "cpu":
+        # torch.nn keeps a module's parameters on one device: the first stands for all.
+        for t in (input, self._flat_weights[0]):
+            if t.device.type != "cpu":
                 raise RuntimeError(
                     f"{name} runs on the CPU, but got a tensor on {t.device}; use "
                     f"torch.nn.{type(self).__name__} for tensors on {t.device.type}")
@@ -236,7 +238,7 @@ class _Module:
             if _core.get_num_threads() != threads:
                 _core.set_num_threads(threads)
         impl = self._impl(self._flat_weights[0].dtype)
-        params = [getattr(self, name) for name in impl.params]
+        params = self._flat_weights
         np_lengths = None if lengths is None else lengths.numpy()
         if torch.is_grad_enabled() and any(
                 t is not None and t.requires_grad for t in (x, *states, *params)):
