@@ -92,30 +92,72 @@ def _model_input(model, x):
     return x
 
 
-def _window_loss(loss, logits, targets, lengths, start, prev_end, end, per_sequence):
+def _loss_terms(kind, logits, targets, lengths=None):
+    """The number of terms that ``sequence_loss(kind, ...)`` with ``reduction="mean"``
+    divides by: what ranks holding parts of a batch add up to take the batch's mean."""
+    targets = np.asarray(targets)
+    if kind.endswith("_last") or logits.ndim == 2:  # one output per sequence
+        if kind.startswith("cross_entropy"):
+            return int((targets != -100).sum())
+        return logits.shape[0] * logits.shape[-1]
+    mask = losses._step_mask(logits.shape, lengths)
+    if kind == "cross_entropy":
+        counts = targets != -100
+        return int((counts if mask is None else counts & mask).sum())
+    if mask is None:
+        return logits.size
+    return int(mask.sum()) * int(np.prod(logits.shape[2:], dtype=np.int64))
+
+
+def _window_loss(loss, logits, targets, lengths, start, prev_end, end, per_sequence,
+                 reduction="mean"):
     """The loss of a window whose logits cover steps [start, end), taken on steps
-    [prev_end, end) (on the whole of per-sequence logits), and its gradient with respect to
-    all the logits."""
+    [prev_end, end) (on the whole of per-sequence logits), its gradient with respect to all
+    the logits and, for ``reduction="sum"``, its number of terms (else None)."""
     if per_sequence:  # only ever full BPTT: the window is the whole sequence
-        return sequence_loss(loss, logits, targets)
+        value, dlogits = sequence_loss(loss, logits, targets, reduction=reduction)
+        terms = _loss_terms(loss, logits, targets) if reduction == "sum" else None
+        return value, dlogits, terms
     new = slice(prev_end - start, end - start)
     win_targets = targets if loss.endswith("_last") else targets[:, prev_end:end]
-    value, dnew = sequence_loss(loss, logits[:, new], win_targets,
-                                _window_lengths(lengths, prev_end, end))
+    win_lengths = _window_lengths(lengths, prev_end, end)
+    value, dnew = sequence_loss(loss, logits[:, new], win_targets, win_lengths, reduction)
+    terms = None
+    if reduction == "sum":
+        terms = _loss_terms(loss, logits[:, new], win_targets, win_lengths)
     dlogits = np.zeros_like(logits)
     dlogits[:, new] = dnew
-    return value, dlogits
+    return value, dlogits, terms
 
 
-def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
+def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options, comm=None):
     """One window of truncated BPTT: forward over ``pieces`` (one, or two split where the next
     window will start, so that its start state is kept), the loss on steps [prev_end, end),
     backward through every piece.
 
     Returns (loss, grads, state at the end, state at the split); grads is None when the loss
     or a gradient is not finite, and then backward is not run on a non-finite loss gradient.
+
+    With ``comm`` (more than one rank), this rank's rows give a loss sum and the gradient of
+    that sum, which are added up over the ranks with the count of loss terms in one
+    Allreduce and divided by the total count: the mean of the whole batch and its gradient,
+    the same on every rank, which all skip the update together if any rank's is not finite.
     """
+    if comm is not None:
+        return _window_distributed(model, x, targets, lengths, loss, pieces, prev_end, state,
+                                   options, comm)
     start, end = pieces[0][0], pieces[-1][1]
+    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state)
+    value, dlogits, _ = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
+                                     _per_sequence(model))
+    if not (math.isfinite(value) and np.isfinite(dlogits).all()):
+        return value, None, s, cut_state
+    grads = _backward_pieces(model, pieces, caches, dlogits, options)
+    return value, grads if _all_finite(grads) else None, s, cut_state
+
+
+def _forward_pieces(model, x, lengths, pieces, state):
+    end = pieces[-1][1]
     caches, outs, s, cut_state = [], [], state, None
     for a, b in pieces:
         out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
@@ -124,11 +166,12 @@ def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
         if b != end:
             cut_state = s
     logits = outs[0] if len(outs) == 1 else np.concatenate(outs, axis=1)
-    value, dlogits = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
-                                  _per_sequence(model))
-    if not (math.isfinite(value) and np.isfinite(dlogits).all()):
-        return value, None, s, cut_state
+    return logits, caches, s, cut_state
+
+
+def _backward_pieces(model, pieces, caches, dlogits, options):
     # The later piece first, chaining the gradient of the state between them.
+    start, end = pieces[0][0], pieces[-1][1]
     grads, dstate, offset = None, None, end - start
     for (a, b), cache in reversed(list(zip(pieces, caches))):
         offset -= b - a
@@ -136,7 +179,31 @@ def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options):
         d = dlogits if len(pieces) == 1 else dlogits[:, offset:offset + b - a]
         _, dstate, g = model.backward(cache, d, dstate, **options)
         grads = _add_grads(grads, g)
-    return value, grads if _all_finite(grads) else None, s, cut_state
+    return grads
+
+
+def _window_distributed(model, x, targets, lengths, loss, pieces, prev_end, state, options,
+                        comm):
+    from . import distributed
+
+    start, end = pieces[0][0], pieces[-1][1]
+    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state)
+    value, dlogits, terms = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
+                                         _per_sequence(model), reduction="sum")
+    if math.isfinite(value) and np.isfinite(dlogits).all():
+        grads = _backward_pieces(model, pieces, caches, dlogits, options)
+    else:
+        # Every rank must still join the Allreduce; NaN makes the sum say "skip" everywhere.
+        grads = {k: np.full_like(p, np.nan) for k, p in model.params.items()}
+        value = math.nan
+    value, terms = distributed.allreduce_grads(grads, value, terms, comm=comm)
+    if not (math.isfinite(value) and _all_finite(grads)):
+        return value, None, s, cut_state
+    if terms:  # with no terms anywhere the mean is 0 with zero gradient, as sequence_loss's
+        value /= terms
+        for g in grads.values():
+            g /= terms
+    return value, grads, s, cut_state
 
 
 def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
@@ -176,6 +243,15 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     dict with ``loss`` (mean over the windows that updated), ``state`` (after the last step),
     ``updates``, ``skipped``, ``grad_norm`` (the last update's norm before clipping).
     """
+    return _train_sequence(model, optimizer, x, targets, lengths, state, loss=loss, k1=k1,
+                           k2=k2, clip_norm=clip_norm, clip_value=clip_value,
+                           on_nonfinite=on_nonfinite, backward_options=backward_options)
+
+
+def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, loss, k1, k2,
+                    clip_norm, clip_value, on_nonfinite, backward_options, comm=None):
+    """``train_sequence`` on this rank's rows of a batch shared with the other ranks of
+    ``comm`` (None: a batch of its own); clipping and the step act on the reduced gradient."""
     if on_nonfinite not in ("skip", "stop"):
         raise ValueError(f"on_nonfinite must be 'skip' or 'stop', got {on_nonfinite!r}")
     _check_loss(model, loss)
@@ -218,7 +294,7 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
             cut = next_start if start < next_start < end else None
             pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
             value, grads, final_state, cut_state = _window(
-                model, x, targets, lengths, loss, pieces, prev_end, window_state, options)
+                model, x, targets, lengths, loss, pieces, prev_end, window_state, options, comm)
             if grads is not None:
                 if clip_norm is not None:
                     grad_norm = clip.clip_grad_norm(grads, clip_norm)
@@ -316,27 +392,101 @@ def evaluate(model, data, loss="cross_entropy", batch_size=256):
         total += value * len(x)
         weight += len(x)
         if loss.startswith("cross_entropy"):
-            if per_sequence or loss.endswith("_last"):
-                last = logits if per_sequence else losses.last_step(logits, lengths)
-                pred, want = last.argmax(-1), np.asarray(targets)
-                mask = np.ones(len(want), bool)
-            else:
-                pred, want = logits.argmax(-1), np.asarray(targets)
-                mask = want != -100
-                if lengths is not None:
-                    mask &= np.arange(want.shape[1])[None] < np.asarray(lengths)[:, None]
-            correct += int(((pred == want) & mask).sum())
-            counted += int(mask.sum())
+            right, seen = _hits(loss, logits, targets, lengths, per_sequence)
+            correct += right
+            counted += seen
     out = {"loss": total / weight if weight else float("nan")}
     if counted:
         out["accuracy"] = correct / counted
     return out
 
 
+def _hits(loss, logits, targets, lengths, per_sequence):
+    """(correct predictions, predictions that count) of a cross-entropy batch."""
+    if per_sequence or loss.endswith("_last"):
+        last = logits if per_sequence else losses.last_step(logits, lengths)
+        pred, want = last.argmax(-1), np.asarray(targets)
+        mask = np.ones(len(want), bool)
+    else:
+        pred, want = logits.argmax(-1), np.asarray(targets)
+        mask = want != -100
+        if lengths is not None:
+            mask &= np.arange(want.shape[1])[None] < np.asarray(lengths)[:, None]
+    return int(((pred == want) & mask).sum()), int(mask.sum())
+
+
+def _evaluate_sharded(model, data, loss, batch_size, comm):
+    """``evaluate`` with each batch's rows split over the ranks of ``comm``: every rank gets
+    the single-process result, from one Allreduce of per-batch sums and counts (a batch's
+    loss is its mean over terms, weighted by its rows, as ``evaluate`` takes it)."""
+    from . import distributed
+
+    MPI = distributed.require_mpi()
+    per_sequence = _per_sequence(model)
+    records, rows = [], []
+    for x, targets, lengths in _batches(data, batch_size, None):
+        mine = distributed.shard(len(x), comm)
+        rows.append(len(x))
+        x, targets = x[mine], targets[mine]
+        lengths = None if lengths is None else lengths[mine]
+        record = [0.0, 0, 0, 0]  # loss sum, loss terms, correct, counted
+        if len(x):
+            logits, _ = model(x, None, lengths)
+            lens = None if per_sequence else lengths
+            record[0], _ = sequence_loss(loss, logits, targets, lens, reduction="sum")
+            record[1] = _loss_terms(loss, logits, targets, lens)
+            if loss.startswith("cross_entropy"):
+                record[2:] = _hits(loss, logits, targets, lengths, per_sequence)
+        records.append(record)
+    buf = np.array(records, dtype=np.float64).reshape(-1, 4)
+    comm.Allreduce(MPI.IN_PLACE, buf, op=MPI.SUM)
+    total = sum((s / n if n else 0.0) * r for (s, n, _, _), r in zip(buf, rows))
+    weight, correct, counted = sum(rows), int(buf[:, 2].sum()), int(buf[:, 3].sum())
+    out = {"loss": float(total) / weight if weight else float("nan")}
+    if counted:
+        out["accuracy"] = correct / counted
+    return out
+
+
+def _fingerprint(model, optimizer, data, validation, settings):
+    """What must agree on every rank for their training to be one run, small enough to
+    gather: shapes and dtypes (not contents) of the data, the model and the settings."""
+    def arrays(d):
+        if d is None:
+            return None
+        return [None if a is None else (tuple(np.shape(a)), np.asarray(a).dtype.str) for a in d]
+
+    config = model.config() if hasattr(model, "config") else type(model).__name__
+    return {"model": config,
+            "params": [(k, tuple(v.shape), v.dtype.str) for k, v in model.params.items()],
+            "optimizer": type(optimizer).__name__, "data": arrays(data),
+            "validation": arrays(validation), **settings}
+
+
+def _start_distributed(model, optimizer, data, validation, settings):
+    """The world communicator, once every rank is known to have been given the same model,
+    data shapes and arguments; None in a world of one (then fit runs exactly as without
+    MPI)."""
+    from . import distributed
+
+    comm = distributed.require_mpi().COMM_WORLD
+    if comm.Get_size() == 1:
+        return None
+    for d, name in ((data, "data"), (validation, "validation")):
+        if d is not None and not (isinstance(d, tuple) and isinstance(d[0], np.ndarray)):
+            # each rank splits every batch, so all of them must see the same batches
+            raise TypeError(f"fit(distributed=True) needs {name} as a tuple of arrays (x, "
+                            f"targets[, lengths]), the same on every rank; got an iterable "
+                            f"of batches")
+    distributed.check_same(_fingerprint(model, optimizer, data, validation, settings),
+                           "models, optimisers, data shapes or fit arguments", comm)
+    return comm
+
+
 def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy", k1=None,
         k2=None, clip_norm=None, clip_value=None, shuffle=True, seed=0, validation=None,
         patience=None, callbacks=(), progress=True, on_nonfinite="skip", schedule=None,
-        initial_epoch=0, backward_options=None):
+        initial_epoch=0, backward_options=None, distributed=False):
     """Train ``model`` for ``epochs`` passes over ``data``; returns the history.
 
     Parameters
@@ -361,6 +511,20 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     schedule : an ``rnnfast.optim`` schedule, optional; stepped after every epoch.
     progress : bool
         A tqdm bar per epoch with the loss, throughput (timesteps/s) and ETA.
+    distributed : bool
+        Data-parallel training over MPI (``mpiexec -n N python script.py``; needs
+        ``pip install "rnnfast[mpi]"``, else ImportError). Every rank calls ``fit`` with the
+        same model configuration, optimiser and arrays (``data`` and ``validation`` must be
+        tuples of arrays); each global batch of ``batch_size`` rows, in the single-process
+        order, is cut into one contiguous slice per rank, and the gradients, loss sums and
+        loss-term counts of every window are summed in one Allreduce, so that each rank takes
+        the single-process step (clipping acts on the summed gradient). Rank 0's parameters
+        and optimiser state are broadcast first; differing shapes or arguments raise
+        ValueError on every rank. Validation is split the same way; the progress bar and
+        messages come from rank 0 only, and the history (rank 0's timings) is the same on
+        every rank. An exception on one rank prints ``rank R: <error>`` to stderr and ends
+        the job with ``MPI.COMM_WORLD.Abort(1)``. In a world of one this is ``fit`` without
+        MPI. See docs/distributed.md.
     The other arguments are ``train_sequence``'s.
 
     Returns
@@ -374,6 +538,38 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _check_loss(model, loss)
+    comm = None
+    if distributed:
+        settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "k1": k1,
+                    "k2": k2, "clip_norm": clip_norm, "clip_value": clip_value,
+                    "shuffle": shuffle, "seed": seed, "patience": patience,
+                    "on_nonfinite": on_nonfinite, "initial_epoch": initial_epoch,
+                    "backward_options": repr(backward_options),
+                    "schedule": type(schedule).__name__}
+        comm = _start_distributed(model, optimizer, data, validation, settings)
+    if comm is None:
+        return _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm,
+                    clip_value, shuffle, seed, validation, patience, callbacks, progress,
+                    on_nonfinite, schedule, initial_epoch, backward_options, None)
+    from . import distributed as dist
+
+    # NonFiniteError is decided from the reduced gradient, so every rank raises it together.
+    with dist.abort_on_error(comm, keep=(NonFiniteError,)):
+        dist.broadcast_params(model.params, comm=comm)
+        dist.broadcast_optimizer(optimizer, comm=comm)
+        return _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm,
+                    clip_value, shuffle, seed, validation, patience, callbacks,
+                    progress and comm.Get_rank() == 0, on_nonfinite, schedule, initial_epoch,
+                    backward_options, comm)
+
+
+def _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm, clip_value,
+         shuffle, seed, validation, patience, callbacks, progress, on_nonfinite, schedule,
+         initial_epoch, backward_options, comm):
+    """The epochs of ``fit``; with ``comm``, on this rank's slice of every batch."""
+    if comm is not None:
+        from . import distributed
+    talk = comm is None or comm.Get_rank() == 0
     history, best, best_params, waited = [], math.inf, None, 0
     for epoch in range(initial_epoch, initial_epoch + epochs):
         rng = np.random.default_rng([seed, epoch]) if shuffle else None
@@ -384,10 +580,15 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         bar = _progress(batches, total, f"epoch {epoch + 1}", progress)
         start, steps, losses_seen, updates, skipped = time.perf_counter(), 0, [], 0, 0
         for x, targets, lengths in bar:
-            out = train_sequence(model, optimizer, x, targets, lengths, loss=loss, k1=k1, k2=k2,
-                                 clip_norm=clip_norm, clip_value=clip_value,
-                                 on_nonfinite=on_nonfinite, backward_options=backward_options)
             steps += x.shape[0] * x.shape[1]
+            if comm is not None:
+                mine = distributed.shard(len(x), comm)
+                x, targets = x[mine], targets[mine]
+                lengths = None if lengths is None else lengths[mine]
+            out = _train_sequence(model, optimizer, x, targets, lengths, loss=loss, k1=k1,
+                                  k2=k2, clip_norm=clip_norm, clip_value=clip_value,
+                                  on_nonfinite=on_nonfinite, backward_options=backward_options,
+                                  comm=comm)
             updates += out["updates"]
             skipped += out["skipped"]
             if out["updates"]:
@@ -400,15 +601,25 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         logs = {"epoch": epoch + 1, "loss": float(np.mean(losses_seen)) if losses_seen else
                 float("nan"), "updates": updates, "skipped": skipped, "seconds": seconds,
                 "timesteps_per_second": steps / seconds if seconds > 0 else float("nan")}
-        if skipped:
+        if skipped and talk:
             print(f"epoch {epoch + 1}: skipped {skipped} update(s) with a non-finite loss or "
                   f"gradient; the parameters were kept as they were")
         if validation is not None:
-            logs.update({f"val_{k}": v for k, v in evaluate(model, validation, loss).items()})
+            if comm is None:
+                result = evaluate(model, validation, loss)
+            else:
+                result = _evaluate_sharded(model, validation, loss, 256, comm)
+            logs.update({f"val_{k}": v for k, v in result.items()})
+        if comm is not None:
+            # Everything but the timings is equal already; rank 0's timings make it all equal.
+            logs = comm.bcast(logs, root=0)
         if schedule is not None:
             schedule.step()
         history.append(logs)
         stop = any(cb(epoch + 1, logs) is True for cb in callbacks)
+        if comm is not None:
+            # a callback that stops one rank must stop them all, or the rest wait forever
+            stop = comm.allreduce(stop, op=distributed.require_mpi().LOR)
         if patience is not None and validation is not None:
             if logs["val_loss"] < best:
                 best, waited = logs["val_loss"], 0
