@@ -87,6 +87,14 @@ SCRIPT = textwrap.dedent('''
                 pool="last")
             opt = optim.AdamW(model.params, lr=1e-2)
             kw = dict(data=(x, y, lengths), validation=(x, y, lengths), batch_size=4)
+        elif case == "dropout":  # the same seed on every rank: only their rows differ
+            x = rng.standard_normal((11, T, D))
+            y = rng.integers(0, C, size=(11, T))
+            model = rnnfast.Model(rnnfast.LSTM(D, H, num_layers=2, dropout=0.3,
+                                               dtype=np.float64, seed=0),
+                                  rnnfast.Linear(H, C, dtype=np.float64, seed=1))
+            opt = optim.Adam(model.params, lr=1e-2)
+            kw = dict(data=(x, y), batch_size=4, epochs=2)
         else:
             raise ValueError(case)
         return model, opt, kw
@@ -124,6 +132,65 @@ BAD = textwrap.dedent('''
     model = rnnfast.Model(rnnfast.RNN(3, 5, seed=0), rnnfast.Linear(5, 4, seed=1))
     rnnfast.fit(model, rnnfast.optim.SGD(model.params, lr=0.1), (x, y), epochs=50,
                 batch_size=4, distributed=True, progress=False)
+''')
+
+# Checkpoints under mpiexec (any world size): "save" trains the case's 2 epochs, saving
+# after each from a callback on every rank; "resume" loads the file on every rank and trains
+# a third epoch; "straight" trains the 3 epochs without a break.
+CKPT = textwrap.dedent('''
+    import sys
+    import numpy as np
+    import rnnfast
+    from rnnfast import distributed
+    from cases import build
+
+    mode, case, out = sys.argv[1:4]
+    rank, size = distributed.rank(), distributed.size()
+    path = f"{out}/{case}.npz"
+    model, opt, kw = build(case, rank)
+    data = kw.pop("data")
+    kw.pop("epochs")
+
+
+    def save(epoch, logs):
+        rnnfast.save(path, model, opt, epoch=epoch, distributed=True)
+        # every rank may read the file as soon as save returns: it is complete
+        assert rnnfast.load(path).epoch == epoch
+
+
+    if mode == "save":
+        rnnfast.fit(model, opt, data, epochs=2, callbacks=[save], **kw, distributed=True,
+                    progress=False)
+    elif mode == "resume":
+        ck = rnnfast.load(path, distributed=True)
+        model = ck.model
+        opt = getattr(rnnfast.optim, ck.optimizer_state["type"])(model.params)
+        opt.load_state_dict(ck.optimizer_state)
+        rnnfast.fit(model, opt, data, epochs=1, initial_epoch=ck.epoch, **kw,
+                    distributed=True, progress=False)
+    else:
+        rnnfast.fit(model, opt, data, epochs=3, **kw, distributed=True, progress=False)
+    np.savez(f"{out}/{mode}-{case}-{size}-{rank}.npz", **model.params)
+''')
+
+# Rank 1's parameters drift after the first epoch.
+DRIFT = textwrap.dedent('''
+    import numpy as np
+    import rnnfast
+    from rnnfast import distributed
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((12, 6, 3)), rng.integers(0, 4, size=(12, 6))
+    model = rnnfast.Model(rnnfast.RNN(3, 5, seed=0), rnnfast.Linear(5, 4, seed=1))
+
+
+    def drift(epoch, logs):
+        if distributed.rank() == 1:
+            model.params["readout.weight"][0, 0] += 1e-3
+
+
+    rnnfast.fit(model, rnnfast.optim.SGD(model.params, lr=0.1), (x, y), epochs=200,
+                batch_size=4, callbacks=[drift], distributed=True, progress=False)
 ''')
 
 CASES = ("bptt", "lengths", "tbptt", "pooled")
@@ -248,3 +315,127 @@ def test_allreduce_grads_uses_one_allreduce_over_one_buffer(monkeypatch):
     np.testing.assert_array_equal(grads["a"], np.full((2, 3), 2, np.float32))
     assert grads["a"].dtype == np.float32
     np.testing.assert_array_equal(grads["b"], np.ones(4))
+
+
+def _params(path):
+    with np.load(path) as f:
+        return dict(f)
+
+
+@needs_mpi
+def test_a_checkpoint_saved_on_two_ranks_resumes_on_one_or_two(tmp_path):
+    cases = _load(_script(tmp_path, "cases.py", SCRIPT))
+    ckpt = _script(tmp_path, "ckpt.py", CKPT)
+    for mode, n in (("save", 2), ("resume", 2), ("resume", 0)):
+        proc, _ = _run([str(ckpt), mode, "bptt", str(tmp_path)], tmp_path, n=n)
+        assert proc.returncode == 0, (mode, n, proc.stdout + proc.stderr)
+    # written once, by a rename: no temporary file is left beside it
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+    model, opt, kw = cases.build("bptt")
+    kw.pop("epochs")
+    rnnfast.fit(model, opt, kw.pop("data"), epochs=3, **kw, progress=False)
+    for size, ranks in ((2, (0, 1)), (1, (0,))):
+        for r in ranks:
+            got = _params(tmp_path / f"resume-bptt-{size}-{r}.npz")
+            for name, p in model.params.items():
+                np.testing.assert_allclose(got[name], p, rtol=0, atol=1e-10,
+                                           err_msg=f"resumed on {size} rank(s), rank {r}: {name}")
+
+
+@needs_mpi
+def test_a_resumed_run_on_two_ranks_draws_each_ranks_dropout_masks(tmp_path):
+    _script(tmp_path, "cases.py", SCRIPT)
+    ckpt = _script(tmp_path, "ckpt.py", CKPT)
+    for mode in ("save", "resume", "straight"):
+        proc, _ = _run([str(ckpt), mode, "dropout", str(tmp_path)], tmp_path)
+        assert proc.returncode == 0, (mode, proc.stdout + proc.stderr)
+    # the uneven shards drew different numbers of masks: the ranks' generators differ, so
+    # the file must hold both for the resume to be the uninterrupted run
+    meta = json.loads(np.load(tmp_path / "dropout.npz")["__meta__"].tobytes())
+    states = meta["rank_rng_states"]
+    assert len(states) == 2 and states[0] != states[1] and meta["rng_state"] == states[0]
+    for r in (0, 1):
+        got = _params(tmp_path / f"resume-dropout-2-{r}.npz")
+        want = _params(tmp_path / f"straight-dropout-2-{r}.npz")
+        for name in want:
+            np.testing.assert_allclose(got[name], want[name], rtol=0, atol=1e-10,
+                                       err_msg=f"rank {r}: {name}")
+
+
+@needs_mpi
+def test_parameters_that_drift_apart_stop_every_rank(tmp_path):
+    script = _script(tmp_path, "drift.py", DRIFT)
+    proc, seconds = _run([str(script)], tmp_path)
+    assert proc.returncode != 0
+    message = ("RankMismatchError: the parameters differ between ranks after epoch 1: "
+               "rank 1 differs from rank 0 (rank 0: sum ")
+    assert proc.stderr.count(message) == 2, proc.stderr  # raised on both ranks together
+    assert seconds < 30
+
+
+def test_check_params_agree_names_the_ranks_that_differ():
+    params = {"w": np.arange(6.0).reshape(2, 3)}
+    same, other = distributed.checksum(params), distributed.checksum({"w": params["w"] + 1})
+
+    class FakeComm:  # four ranks; ranks 1 and 3 hold other parameters
+        def Get_size(self):
+            return 4
+
+        def allgather(self, mine):
+            return [(t.hex(), c, e) for (t, c), e in zip((same, other, same, other), "abcd")]
+
+    comm = FakeComm()
+    with pytest.raises(distributed.RankMismatchError,
+                       match=r"after epoch 3: ranks 1, 3 differ from rank 0 \(rank 0: sum 15\.0"):
+        distributed.check_params_agree(params, "after epoch 3", comm)
+    comm.allgather = lambda mine: [(same[0].hex(), same[1], e) for e in "abcd"]
+    assert distributed.check_params_agree(params, comm=comm, extra="a") == list("abcd")
+    # the crc32 sees what the sum cannot: two values swapped
+    assert distributed.checksum({"w": params["w"][:, ::-1]})[1] != same[1]
+
+
+def _rnnfast_command():
+    beside = Path(sys.executable).parent / "rnnfast"
+    return [str(beside)] if beside.exists() else [sys.executable, "-m", "rnnfast"]
+
+
+@needs_mpi
+def test_rnnfast_train_distributed_under_mpiexec(tmp_path):
+    from rnnfast import charlm
+
+    small = ["--max-chars", "6000", "--hidden", "16", "--batch", "4", "--k1", "20",
+             "--sample-length", "40", "--no-progress", "--dtype", "float64", "--epochs", "2"]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    ck = tmp_path / "lm.npz"
+    start = time.perf_counter()
+    proc = subprocess.run([_mpiexec(), "-n", "2", *_rnnfast_command(), "train", "--distributed",
+                           *small, "--checkpoint", str(ck)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=TIMEOUT)
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    # rank 0 alone prints: one model line, one line per epoch, one sample per epoch
+    assert out.count("Model(") == 1 and out.count("sample:") == 2, out
+    assert [line.split(":")[0] for line in out.splitlines() if line.startswith("epoch ")] == \
+        ["epoch 1", "epoch 2"], out
+    # the checkpoint is written once, after save compared both ranks' parameters (as after
+    # every epoch): it holds the single-process run's parameters
+    saved = rnnfast.load(ck)
+    assert saved.epoch == 2
+    text = charlm.default_text()[:6000]
+    model, _, history = charlm.train(text, hidden=16, batch=4, k1=20, sample_length=0,
+                                     epochs=2, dtype=np.float64, progress=False,
+                                     log=lambda *a: None)
+    for name, p in model.params.items():
+        np.testing.assert_allclose(saved.model.params[name], p, rtol=0, atol=1e-10,
+                                   err_msg=name)
+    assert saved.metadata["history"][-1]["loss"] == pytest.approx(history[-1]["loss"],
+                                                                  rel=0, abs=1e-10)
+    assert seconds < 60
+
+    # under mpiexec without --distributed: refused, not two runs writing one checkpoint
+    proc = subprocess.run([_mpiexec(), "-n", "2", *_rnnfast_command(), "train", *small],
+                          cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+    assert proc.returncode != 0
+    assert "started by mpiexec with 2 ranks: add --distributed" in proc.stderr, proc.stderr

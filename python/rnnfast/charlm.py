@@ -14,6 +14,7 @@ one-hot model's time. Checkpoints of the earlier one-hot models still load and r
 
 import math
 import time
+import zlib
 
 import numpy as np
 
@@ -24,7 +25,7 @@ from .linear import Linear
 from .lstm import LSTM
 from .model import Model
 from .rnn import RNN
-from .train import train_sequence
+from .train import _train_sequence, train_sequence
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 OPTIMISERS = {"sgd": optim.SGD, "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop,
@@ -110,10 +111,18 @@ def build_model(cell, vocab_size, hidden, layers, dtype, seed, *, embedding_dim=
 
 
 def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
-          clip_value=None, progress=True, desc="train"):
+          clip_value=None, progress=True, desc="train", comm=None):
     """One pass of truncated BPTT along the streams ``data`` (B, L); returns the mean loss
-    (nats per character) and characters per second."""
+    (nats per character) and characters per second.
+
+    With ``comm`` (more than one rank), this rank trains its contiguous share of the
+    streams, carrying their states, and each window's gradient is the sum over the ranks
+    divided by the whole batch's count of characters: the single-process step on every rank.
+    """
     B, L = data.shape
+    if comm is not None:
+        from . import distributed
+        data = data[distributed.shard(B, comm)]
     span = k1 * windows_per_call  # steps handed to train_sequence at once, state carried across
     state, total, count = None, 0.0, 0
     start = time.perf_counter()
@@ -123,9 +132,15 @@ def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
         bar = tqdm(bar, desc=desc, unit="chunk")
     for s in bar:
         e = min(s + span, L - 1)
-        out = train_sequence(model, optimizer, model_input(model, data[:, s:e]),
-                             data[:, s + 1:e + 1], state=state, k1=k1, k2=k2,
-                             clip_norm=clip_norm, clip_value=clip_value)
+        if comm is None:
+            out = train_sequence(model, optimizer, model_input(model, data[:, s:e]),
+                                 data[:, s + 1:e + 1], state=state, k1=k1, k2=k2,
+                                 clip_norm=clip_norm, clip_value=clip_value)
+        else:
+            out = _train_sequence(model, optimizer, model_input(model, data[:, s:e]),
+                                  data[:, s + 1:e + 1], state=state, loss="cross_entropy",
+                                  k1=k1, k2=k2, clip_norm=clip_norm, clip_value=clip_value,
+                                  on_nonfinite="skip", backward_options=None, comm=comm)
         state = out["state"]
         if out["updates"]:
             total += out["loss"] * (e - s)
@@ -138,11 +153,15 @@ def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
     return total / max(count, 1), count * B / seconds
 
 
-def evaluate(model, data, chunk=256):
-    """Mean loss (nats per character) of predicting each next character along the streams."""
+def evaluate(model, data, chunk=256, comm=None):
+    """Mean loss (nats per character) of predicting each next character along the streams;
+    with ``comm``, each rank reads its share of the streams and the sums are added up."""
     B, L = data.shape
+    if comm is not None:
+        from . import distributed
+        data = data[distributed.shard(B, comm)]
     state, total, count = None, 0.0, 0
-    for s in range(0, L - 1, chunk):
+    for s in range(0, L - 1, chunk) if len(data) else ():  # a rank may hold no stream
         e = min(s + chunk, L - 1)
         logits, state = model(model_input(model, data[:, s:e]), state)
         target = data[:, s + 1:e + 1]
@@ -150,6 +169,10 @@ def evaluate(model, data, chunk=256):
         log_p = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
         total -= float(np.take_along_axis(log_p, target[..., None], -1).sum())
         count += target.size
+    if comm is not None:
+        sums = np.array([total, count], dtype=np.float64)
+        comm.Allreduce(distributed.require_mpi().IN_PLACE, sums)
+        total, count = float(sums[0]), int(sums[1])
     return total / max(count, 1)
 
 
@@ -177,14 +200,25 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
           bidirectional=False, batch=16, k1=32, k2=None, optimizer="adam", lr=3e-3,
           clip_norm=5.0, clip_value=None, epochs=2, seed=0, dtype=np.float32,
           checkpoint_path=None, resume=False, sample_length=300, temperature=0.8,
-          valid_fraction=0.05, progress=True, log=print):
+          valid_fraction=0.05, progress=True, log=print, distributed=False):
     """Train a character model on ``text``; returns (model, vocabulary, history).
 
     With ``resume``, the model (its cell, sizes, dropout) is the checkpoint's, and the
     arguments that describe a model are not used; a one-hot model of an older checkpoint
     resumes as one.
+
+    With ``distributed`` (every rank of ``mpiexec -n N`` calling ``train`` with the same
+    text and arguments), the ``batch`` streams are shared out over the ranks and every
+    window's gradient is summed over them, so every rank takes the single-process step;
+    rank 0's parameters and optimiser state are broadcast first, only rank 0 logs, shows
+    progress and samples, the checkpoint is written once (by rank 0), the ranks' parameters
+    are compared after every epoch, and an error on one rank ends the job. In a world of one
+    it is the single-process run.
     """
     check_model_options(layers, dropout, bidirectional)  # before a long read of the text
+    comm = _world(batch, text, locals()) if distributed else None
+    if comm is not None and comm.Get_rank() != 0:
+        log, progress, sample_length = (lambda *a, **k: None), False, 0
     vocab = Vocabulary(text)
     ids = vocab.encode(text)
     n_valid = int(len(ids) * valid_fraction)
@@ -197,7 +231,7 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
         raise ValueError(f"optimizer must be one of {sorted(OPTIMISERS)}, got {optimizer!r}")
     first_epoch = 0
     if resume:
-        ck = checkpoint.load(checkpoint_path)
+        ck = checkpoint.load(checkpoint_path, distributed=comm is not None)
         if ck.metadata.get("vocabulary") != vocab.chars:
             raise ValueError(f"{checkpoint_path} was trained on another text (its vocabulary "
                              f"differs); train afresh or pass the same --text")
@@ -215,22 +249,64 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
     log(f"{model}\n{len(text):,} characters, {len(vocab)} distinct; {batch} streams of "
         f"{train_data.shape[1]:,} steps; truncated BPTT(k1={k1}, k2={k2 or k1}); {opt!r}")
 
+    if comm is None:
+        return _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2,
+                       clip_norm, clip_value, progress, checkpoint_path, sample_length,
+                       temperature, seed, log, None)
+    from . import distributed as dist
+
+    # RankMismatchError comes from gathered checksums: every rank raises it together.
+    with dist.abort_on_error(comm, keep=(dist.RankMismatchError,)):
+        dist.broadcast_params(model.params, comm=comm)
+        dist.broadcast_optimizer(opt, comm=comm)
+        return _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2,
+                       clip_norm, clip_value, progress, checkpoint_path, sample_length,
+                       temperature, seed, log, comm)
+
+
+def _world(batch, text, arguments):
+    """The world communicator once every rank is known to train on the same text with the
+    same arguments; None in a world of one."""
+    from . import distributed as dist
+
+    comm = dist.require_mpi().COMM_WORLD
+    if comm.Get_size() == 1:
+        return None
+    if batch < comm.Get_size():
+        raise ValueError(f"--batch {batch} gives fewer streams than the {comm.Get_size()} "
+                         f"ranks: every rank needs at least one stream")
+    # the text by its crc32: each rank shards the same streams, so their contents must agree
+    same = {k: repr(v) for k, v in arguments.items() if k not in ("text", "log", "progress")}
+    same["text"] = (len(text), zlib.crc32(text.encode("utf-8", "replace")))
+    dist.check_same(same, "texts or arguments", comm)
+    return comm
+
+
+def _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2, clip_norm,
+            clip_value, progress, checkpoint_path, sample_length, temperature, seed, log, comm):
     history = []
     for ep in range(first_epoch, first_epoch + epochs):
         loss, rate = epoch(model, opt, train_data, k1=k1, k2=k2, clip_norm=clip_norm,
-                           clip_value=clip_value, progress=progress, desc=f"epoch {ep + 1}")
+                           clip_value=clip_value, progress=progress, desc=f"epoch {ep + 1}",
+                           comm=comm)
         record = {"epoch": ep + 1, "loss": loss, "bits_per_char": bits(loss),
                   "chars_per_second": rate}
         if valid_data is not None:
-            record["val_loss"] = evaluate(model, valid_data)
+            record["val_loss"] = evaluate(model, valid_data, comm=comm)
             record["val_bits_per_char"] = bits(record["val_loss"])
+        if comm is not None:
+            from . import distributed
+            # rank 0's timing on every rank, so that the checkpoint's history is one run's
+            record = comm.bcast(record, root=0)
+            distributed.check_params_agree(model.params, f"after epoch {ep + 1}", comm)
         history.append(record)
         log(f"epoch {ep + 1}: train {bits(loss):.3f} bits/char"
             + (f", validation {record['val_bits_per_char']:.3f} bits/char"
                if valid_data is not None else "") + f", {rate:,.0f} chars/s")
         if checkpoint_path:
             checkpoint.save(checkpoint_path, model, opt, epoch=ep + 1,
-                            metadata={"vocabulary": vocab.chars, "history": history})
+                            metadata={"vocabulary": vocab.chars, "history": history},
+                            distributed=comm is not None)
         if sample_length:
             log("sample:\n" + sample(model, vocab, sample_length, temperature=temperature,
                                      seed=seed + ep) + "\n")

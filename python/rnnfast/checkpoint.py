@@ -5,10 +5,12 @@ runs code from the file. It holds ``params/<name>`` for every parameter,
 ``optim/<name>/<slot>`` for every optimiser state array, and ``__meta__``: UTF-8 JSON with the
 format version, the rnnfast version, the model's configuration, the names, shapes and dtypes
 of the arrays, the optimiser's hyperparameters, the step and epoch, the state of the model's
-dropout generator (``rng_state``, when it has one), and free metadata.
+dropout generator (``rng_state``, when it has one; ``rank_rng_states``, every rank's, for a
+checkpoint of data-parallel training), and free metadata.
 
 Saving writes a temporary file beside the target, flushes it to disk, then renames it over
-the target: a crash mid-save leaves the previous checkpoint in place.
+the target: a crash mid-save leaves the previous checkpoint in place. Under data-parallel
+training, ``save(..., distributed=True)`` writes once, from rank 0, while the others wait.
 """
 
 import json
@@ -64,9 +66,34 @@ def build(config):
     return cls(**args)
 
 
-def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadata=None):
-    """Write a checkpoint of ``model`` (and ``optimizer``, ``schedule``) to ``path``, atomically."""
+def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadata=None,
+         distributed=False):
+    """Write a checkpoint of ``model`` (and ``optimizer``, ``schedule``) to ``path``, atomically.
+
+    With ``distributed=True`` (data-parallel training under mpiexec), every rank calls
+    ``save``: the ranks' parameters are compared by checksum (``RankMismatchError`` on every
+    rank if they differ), every rank's dropout generator state is gathered into the file,
+    rank 0 alone writes it, and the other ranks return only once the file is complete (and
+    raise OSError if rank 0 could not write it). In a world of one it is the plain ``save``.
+    """
     import rnnfast
+
+    comm = None
+    rank_rng_states = None
+    if distributed:
+        from . import distributed as dist
+
+        comm = dist.world()
+        if comm is not None and comm.Get_size() > 1:
+            # Each rank drew dropout masks for its own rows, so its generator has its own
+            # state: all of them are kept, for a resume on the same number of ranks.
+            rank_rng_states = dist.check_params_agree(
+                model.params, "when saving a checkpoint", comm,
+                extra=getattr(model, "rng_state", None))
+            if all(r is None for r in rank_rng_states):
+                rank_rng_states = None
+        else:
+            comm = None
 
     arrays = {f"params/{k}": np.ascontiguousarray(v) for k, v in model.params.items()}
     optim_meta = None
@@ -81,13 +108,34 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
         "model": model.config(), "step": int(step), "epoch": int(epoch),
         # dropout's generator: without it a resumed run would draw other masks
         "rng_state": getattr(model, "rng_state", None),
+        "rank_rng_states": rank_rng_states,
         "metadata": metadata or {}, "optimizer": optim_meta,
         "schedule": schedule.state_dict() if schedule is not None else None,
         "arrays": {k: {"shape": list(v.shape), "dtype": v.dtype.str} for k, v in arrays.items()},
     }
     arrays["__meta__"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    if comm is None:
+        _write(os.fspath(path), arrays)
+        return
+    failure = None
+    if comm.Get_rank() == 0:
+        try:
+            _write(os.fspath(path), arrays)
+        except Exception as e:  # noqa: BLE001 - told to the other ranks, then raised here
+            failure = e
+    # The broadcast is the barrier: no rank goes on (and perhaps reads the file) before
+    # rank 0 has renamed the complete file into place, and a failed write fails every rank
+    # instead of leaving them waiting in their next collective.
+    error = comm.bcast(None if failure is None else f"{type(failure).__name__}: {failure}",
+                       root=0)
+    if failure is not None:
+        raise failure
+    if error is not None:
+        raise OSError(f"rank 0 could not write the checkpoint {os.fspath(path)}: {error}")
 
-    path = os.fspath(path)
+
+def _write(path, arrays):
+    """``arrays`` to an ``.npz`` at ``path`` through a temporary file and a rename."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".rnnfast-", suffix=".tmp", dir=folder)
     try:
@@ -110,8 +158,14 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
         pass
 
 
-def load(path):
+def load(path, distributed=False):
     """Read a checkpoint written by ``save``; every name, shape and dtype is checked.
+
+    Every rank of a data-parallel run may load the same file, on any number of ranks.
+    With ``distributed=True``, a file saved by ``save(..., distributed=True)`` on as many
+    ranks as there are now gives each rank its own dropout generator state back (so that
+    the resumed run draws the uninterrupted run's masks); otherwise, and on another number
+    of ranks, the model gets rank 0's.
 
     Raises ValueError for a file that is not an rnnfast checkpoint, is truncated or corrupt,
     has another format version, or whose arrays do not match its model.
@@ -145,9 +199,15 @@ def load(path):
             raise ValueError(f"{path}: parameter {k!r} is {v.dtype} {v.shape}, the model needs "
                              f"{params[k].dtype} {params[k].shape}")
         params[k][...] = v
-    if meta.get("rng_state") is not None and hasattr(model, "rng_state"):
+    rng_state = meta.get("rng_state")
+    if distributed and meta.get("rank_rng_states") is not None:
+        from . import distributed as dist
+
+        if len(meta["rank_rng_states"]) == dist.size():
+            rng_state = meta["rank_rng_states"][dist.rank()]
+    if rng_state is not None and hasattr(model, "rng_state"):
         try:
-            model.rng_state = meta["rng_state"]
+            model.rng_state = rng_state
         except (TypeError, ValueError, LookupError, OverflowError) as e:  # the file's JSON
             raise ValueError(f"{path}: its rng_state cannot be restored: {e}") from None
 
@@ -241,7 +301,7 @@ def _read_meta(arrays, path):
     # The JSON is the file's, not ours: every field of the type load relies on.
     types = {"model": dict, "arrays": dict, "metadata": dict, "step": int, "epoch": int,
              "optimizer": (dict, type(None)), "schedule": (dict, type(None)),
-             "rng_state": (dict, type(None))}
+             "rng_state": (dict, type(None)), "rank_rng_states": (list, type(None))}
     for key, want in types.items():
         value = meta.get(key)
         if not isinstance(value, want) or isinstance(value, bool):
@@ -252,6 +312,9 @@ def _read_meta(arrays, path):
                 and all(type(n) is int for n in d["shape"]) and isinstance(d.get("dtype"), str)):
             raise ValueError(f"{path}: metadata 'arrays'[{k!r}] must be "
                              f"{{'shape': [ints], 'dtype': str}}, got {d!r}"[:300])
+    states = meta["rank_rng_states"]
+    if states is not None and not all(isinstance(r, (dict, type(None))) for r in states):
+        raise ValueError(f"{path}: metadata 'rank_rng_states' must be a list of dicts or nulls")
     opt = meta["optimizer"]
     if opt is not None and not (isinstance(opt.get("type"), str) and
                                 isinstance(opt.get("hyper"), dict) and

@@ -1,6 +1,7 @@
 """The ``rnnfast`` command (also ``python -m rnnfast``)."""
 
 import argparse
+import os
 import sys
 import time
 
@@ -19,6 +20,11 @@ def _train(args):
         text = text[:args.max_chars]
     if args.resume and not args.checkpoint:
         raise SystemExit("rnnfast train: --resume needs --checkpoint PATH")
+    ranks = _launched_ranks()
+    if ranks > 1 and not args.distributed:
+        # N independent copies would each train alone and overwrite one another's checkpoint
+        raise SystemExit(f"rnnfast train: started by mpiexec with {ranks} ranks: add "
+                         f"--distributed to train one model data-parallel over them")
     charlm.train(
         text, cell=args.cell, hidden=args.hidden, layers=args.layers,
         embedding_dim=args.embedding_dim, dropout=args.dropout,
@@ -27,7 +33,18 @@ def _train(args):
         clip_value=args.clip_value, epochs=args.epochs, seed=args.seed,
         dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
         sample_length=args.sample_length, temperature=args.temperature,
-        progress=not args.no_progress)
+        progress=not args.no_progress, distributed=args.distributed)
+
+
+def _launched_ranks():
+    """The number of ranks mpiexec says it started (1 without it), read from the launchers'
+    environment variables so that a plain run never imports mpi4py or starts MPI."""
+    for name in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):  # MPICH and Intel MPI; Open MPI
+        try:
+            return int(os.environ[name])
+        except (KeyError, ValueError):
+            continue
+    return 1
 
 
 def _experiment(args):
@@ -80,6 +97,10 @@ def build_parser():
     t.add_argument("--sample-length", type=int, default=300)
     t.add_argument("--temperature", type=float, default=0.8)
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
+    t.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the ranks of `mpiexec -n N rnnfast train "
+                        "--distributed` (needs pip install \"rnnfast[mpi]\"): the streams "
+                        "are shared out, rank 0 prints and writes the checkpoint")
     t.set_defaults(func=_train)
 
     e = sub.add_parser(

@@ -15,6 +15,10 @@ script. For a hand-written loop::
         for g in grads.values():
             g /= terms                           # the mean over every rank's terms
         opt.step(grads)                          # the same step on every rank
+    dist.check_params_agree(model.params)        # RankMismatchError if a rank drifted
+
+For checkpoints, every rank calls ``rnnfast.save(..., distributed=True)`` (rank 0 writes,
+the others wait) and ``rnnfast.load`` (any number of ranks).
 
 mpi4py is imported by these functions only, never by ``import rnnfast``. Without mpi4py
 installed, or in a process not started by mpiexec, the world has one rank: ``rank()`` is 0,
@@ -25,10 +29,19 @@ called by all ranks in the same order, as with MPI itself.
 import contextlib
 import sys
 import traceback
+import zlib
 
 import numpy as np
 
 INSTALL_HINT = 'pip install "rnnfast[mpi]"'
+
+
+class RankMismatchError(RuntimeError):
+    """The ranks' parameters, which data-parallel training keeps identical, differ.
+
+    Raised on every rank together (each decides from the same gathered checksums), so the
+    job ends instead of the ranks training on as different models.
+    """
 
 
 def _mpi():
@@ -172,6 +185,48 @@ def check_same(fingerprint, what="configuration", comm=None):
                             for k in diff)
         raise ValueError(f"the ranks were given different {what} (every rank must run the "
                          f"same model on the same data): {details}")
+
+
+def checksum(params):
+    """(float64 sum, crc32 of the bytes) of a params dict, in its key order: cheap to
+    compute and to gather. The sum is readable in a message; the crc32 catches what a sum
+    can miss (two changes that cancel, a swapped pair of values)."""
+    total, crc = 0.0, 0
+    for p in params.values():
+        flat = np.ascontiguousarray(p).reshape(-1)
+        total += float(flat.sum(dtype=np.float64))
+        crc = zlib.crc32(flat.view(np.uint8), crc)
+    return total, crc
+
+
+def check_params_agree(params, when="", comm=None, extra=None):
+    """Raise ``RankMismatchError`` on every rank unless ``params`` are the same on all
+    ranks, compared by ``checksum`` in one ``allgather``; returns every rank's ``extra``
+    (any small picklable value gathered alongside), in rank order.
+
+    The message names the ranks whose parameters differ from rank 0's, with each rank's
+    sum and crc32. In a world of one, returns ``[extra]``.
+    """
+    comm = _comm(comm)
+    if comm is None or comm.Get_size() == 1:
+        return [extra]
+    total, crc = checksum(params)
+    # float.hex: NaN equals NaN as text, so parameters that are NaN everywhere still agree
+    every = comm.allgather((total.hex(), crc, extra))
+    sums = [float.fromhex(h) for h, _, _ in every]
+    keys = [(h, c) for h, c, _ in every]
+    differ = [r for r, k in enumerate(keys) if k != keys[0]]
+    if differ:
+        listed = ", ".join(str(r) for r in differ)
+        each = "; ".join(f"rank {r}: sum {s!r}, crc32 {c:08x}"
+                         for r, (s, (_, c)) in enumerate(zip(sums, keys)))
+        raise RankMismatchError(
+            f"the parameters differ between ranks{' ' + when if when else ''}: "
+            f"rank{'s' if len(differ) > 1 else ''} {listed} differ{'' if len(differ) > 1 else 's'}"
+            f" from rank 0 ({each}). Data-parallel ranks must stay identical: something "
+            f"changed one rank's parameters alone (a callback or code acting on one rank, "
+            f"different data contents on the ranks, or a fault)")
+    return [e for _, _, e in every]
 
 
 @contextlib.contextmanager

@@ -522,9 +522,14 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         and optimiser state are broadcast first; differing shapes or arguments raise
         ValueError on every rank. Validation is split the same way; the progress bar and
         messages come from rank 0 only, and the history (rank 0's timings) is the same on
-        every rank. An exception on one rank prints ``rank R: <error>`` to stderr and ends
-        the job with ``MPI.COMM_WORLD.Abort(1)``. In a world of one this is ``fit`` without
-        MPI. See docs/distributed.md.
+        every rank. After every epoch (after the callbacks) a checksum of the parameters is
+        compared across the ranks; if they differ, every rank raises
+        ``rnnfast.distributed.RankMismatchError`` naming the ranks. An exception on one rank
+        prints ``rank R: <error>`` to stderr and ends the job with
+        ``MPI.COMM_WORLD.Abort(1)``. In a world of one this is ``fit`` without MPI. To
+        checkpoint, call ``rnnfast.save(..., distributed=True)`` on every rank (a callback
+        does: callbacks run on every rank) and resume with ``rnnfast.load`` on every rank and
+        ``initial_epoch``. See docs/distributed.md.
     The other arguments are ``train_sequence``'s.
 
     Returns
@@ -553,8 +558,9 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
                     on_nonfinite, schedule, initial_epoch, backward_options, None)
     from . import distributed as dist
 
-    # NonFiniteError is decided from the reduced gradient, so every rank raises it together.
-    with dist.abort_on_error(comm, keep=(NonFiniteError,)):
+    # NonFiniteError is decided from the reduced gradient and RankMismatchError from the
+    # gathered checksums, so every rank raises them together.
+    with dist.abort_on_error(comm, keep=(NonFiniteError, dist.RankMismatchError)):
         dist.broadcast_params(model.params, comm=comm)
         dist.broadcast_optimizer(optimizer, comm=comm)
         return _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm,
@@ -618,8 +624,11 @@ def _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm, cl
         history.append(logs)
         stop = any(cb(epoch + 1, logs) is True for cb in callbacks)
         if comm is not None:
-            # a callback that stops one rank must stop them all, or the rest wait forever
-            stop = comm.allreduce(stop, op=distributed.require_mpi().LOR)
+            # After the callbacks, so that one changing a rank's parameters is caught in this
+            # epoch; a callback that stops one rank must stop them all, or the rest would
+            # wait forever: both ride in one allgather.
+            stop = any(distributed.check_params_agree(model.params, f"after epoch {epoch + 1}",
+                                                      comm, extra=stop))
         if patience is not None and validation is not None:
             if logs["val_loss"] < best:
                 best, waited = logs["val_loss"], 0
