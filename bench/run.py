@@ -1,6 +1,7 @@
-"""Benchmark one training step of rnnfast against its NumPy reference, PyTorch and JAX.
+"""Benchmark one training step of rnnfast against its NumPy reference, PyTorch and JAX
+(and, with --suite torch, a PyTorch training step with rnnfast.torch's cell against torch.nn's).
 
-    python bench/run.py [--suite default|bidirectional] [--configs ...] [--cells ...]
+    python bench/run.py [--suite default|bidirectional|torch] [--configs ...] [--cells ...]
                         [--threads 1 2] [--repeats N] [--json out.json] [--plot out.png]
                         [--quick]
 

@@ -129,6 +129,89 @@ def test_bidirectional_steps_agree():
     assert "rnnfast" in out.stdout and "numpy" in out.stdout
 
 
+def test_torch_suite_runs_end_to_end(tmp_path):
+    # The suite on the tiny config, one cell, both implementations of the PyTorch training
+    # step, at 1 and 2 threads where the machine has them (its targets are stated at 2).
+    pytest.importorskip("torch")
+    out = tmp_path / "torch.json"
+    threads = ["1", "2"] if (os.cpu_count() or 1) >= 2 else ["1"]
+    argv = [sys.executable, str(ROOT / "bench" / "run.py"), "--quick", "--suite", "torch",
+            "--cells", "GRU", "--threads", *threads, "--json", str(out)]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    assert f"Embedding(V={bench.VOCAB}, D)" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["suite"] == "torch"
+    dims = bench.CONFIGS["quick"]
+    for run in result["runs"]:
+        [row] = run["rows"]
+        assert row["cell"] == "GRU" and row["model"] == {"vocab": bench.VOCAB,
+                                                          "optimizer": "Adam"}
+        assert row["flops"] == bench.model_flops("GRU", *dims)
+        assert set(row["impls"]) == set(bench.MODEL_IMPLS)
+        assert all(FIELDS <= set(r) for r in row["impls"].values())
+        assert "pairs" not in run
+    assert "x rnnfast" in proc.stdout and "rnnfast.torch" in proc.stdout
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "summary.py"), str(out)],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert sum(line.startswith("| quick | GRU | 2 |") for line in lines) == \
+        len(threads) + (threads == ["1", "2"])  # a table per thread count, and the targets'
+    said = [line for line in lines if line.startswith("- ")]
+    if threads == ["1"]:
+        assert "no run at 2 threads" in proc.stdout
+    else:  # quick has B = 2: no target applies, and the summary says so
+        assert len(said) == 3 and all("no such row" in line for line in said)
+        assert any(line.endswith("| no target |") for line in lines)
+
+
+def test_torch_suite_targets():
+    # The targets as stated: at batch 1 3x for every cell; from B = 16 on 2x for the RNN and
+    # the GRU, 1.3x for the LSTM; none in between.
+    assert [bench.model_target(c, 1) for c in bench.CELLS] == [3.0, 3.0, 3.0]
+    assert [bench.model_target(c, 16) for c in bench.CELLS] == [2.0, 1.3, 2.0]
+    assert [bench.model_target(c, B) for c in ("RNN", "LSTM") for B in (2, 15, 64)] == \
+        [None, None, 2.0, None, None, 1.3]
+    assert bench.model_flops("RNN", 1, 1, 1, 1, 1) == 12 + 6
+
+
+_MODEL_STEPS_AGREE = """
+import numpy as np
+import torch
+from rnnfast import bench
+for cell in bench.CELLS:
+    steps = bench._model_steps(cell, bench.CONFIGS["quick"], bench.MODEL_IMPLS, 1, vocab=11)
+    ours, ref = steps["rnnfast.torch"], steps["torch.nn"]
+    assert type(ref.model.cell) is getattr(torch.nn, cell)
+    assert type(ours.model.cell).__module__ == "rnnfast.torch"
+    a, b = ours.model.state_dict(), ref.model.state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)  # same start
+    for k in range(3):  # three steps, Adam's updates in between
+        la, lb = ours(), ref()
+        np.testing.assert_allclose(la.item(), lb.item(), rtol=1e-5, err_msg=f"{cell} loss {k}")
+        pa = dict(ours.model.named_parameters())
+        for name, p in ref.model.named_parameters():
+            np.testing.assert_allclose(pa[name].grad.numpy(), p.grad.numpy(), rtol=1e-4,
+                                       atol=1e-6, err_msg=f"{cell} {name}.grad {k}")
+            np.testing.assert_allclose(pa[name].detach().numpy(), p.detach().numpy(),
+                                       rtol=1e-4, atol=1e-6, err_msg=f"{cell} {name} {k}")
+print("agree")
+"""
+
+
+def test_torch_suite_steps_agree():
+    # The two implementations of the torch suite's training step compute the same losses,
+    # gradients and Adam updates from the same weights and tokens: rnnfast.torch's cell is
+    # timed on the same work as torch.nn's. In a process of its own: the steps set torch's
+    # and rnnfast's thread counts, and rnnfast.torch follows torch's only until the latter.
+    pytest.importorskip("torch")
+    out = subprocess.run([sys.executable, "-c", _MODEL_STEPS_AGREE], capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "agree" in out.stdout
+
+
 def test_flops_formula():
     # LSTM: 3 x 2·B·T·(D+H)·4H
     assert bench.step_flops("LSTM", 64, 200, 256, 512) == 3 * 2 * 64 * 200 * 768 * 4 * 512
