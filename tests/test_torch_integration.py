@@ -287,7 +287,7 @@ DDP_WORKER = textwrap.dedent("""
     import torch, torch.distributed as dist
     import rnnfast
 
-    rank, world, port, workdir, test_file = sys.argv[1:]
+    rank, world, workdir, test_file = sys.argv[1:]
     rank, world = int(rank), int(world)
     rnnfast.set_num_threads(1)
     torch.set_num_threads(1)
@@ -296,7 +296,9 @@ DDP_WORKER = textwrap.dedent("""
     spec.loader.exec_module(models)
 
     setup = torch.load(f"{workdir}/setup.pt", weights_only=False)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+    # A file in the test's own folder to meet at: no port to choose that another process
+    # could take first.
+    dist.init_process_group("gloo", init_method=f"file://{workdir}/rendezvous", rank=rank,
                             world_size=world, timeout=datetime.timedelta(seconds=60))
     model = models.Regressor()
     model.load_state_dict(setup["state"])
@@ -320,12 +322,6 @@ DDP_WORKER = textwrap.dedent("""
 """)
 
 
-def _free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _child_env():
     env = dict(os.environ)
     # gloo would otherwise pick the address the host name resolves to.
@@ -345,9 +341,8 @@ def test_ddp_gradients_equal_one_process_gradients(tmp_path):
 
     script = tmp_path / "worker.py"
     script.write_text(DDP_WORKER)
-    port = _free_port()
-    procs = [subprocess.Popen([sys.executable, str(script), str(rank), "2", str(port),
-                               str(tmp_path), __file__],
+    procs = [subprocess.Popen([sys.executable, str(script), str(rank), "2", str(tmp_path),
+                               __file__],
                               cwd=tmp_path, env=_child_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
              for rank in range(2)]
