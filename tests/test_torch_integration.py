@@ -530,3 +530,80 @@ def test_train_and_eval_switch_dropout(name):
     fast.train()
     torch.manual_seed(5)
     assert torch.equal(fast(x)[0], train1)
+
+
+# -- 7. the rest of torch's machinery -------------------------------------------------------
+
+def _pair(cls, torch_cls, *args, **kw):
+    torch.manual_seed(0)
+    ref = torch_cls(*args, dtype=F64, **kw)
+    fast = cls(*args, dtype=F64, **kw)
+    fast.load_state_dict(ref.state_dict())
+    return fast, ref
+
+
+def test_the_cache_is_freed_by_backward_unless_retained():
+    fast, ref = _pair(rt.LSTM, torch.nn.LSTM, 3, 4, num_layers=2, batch_first=True)
+    x = torch.randn(2, 5, 3, dtype=F64, requires_grad=True)
+    y, _ = fast(x)
+    y.sum().backward(retain_graph=True)
+    first = x.grad.clone()
+    y.sum().backward()  # the retained graph still holds what backward needs
+    torch.testing.assert_close(x.grad, 2 * first, rtol=1e-12, atol=0)
+    with pytest.raises(RuntimeError, match="backward through the graph a second time"):
+        y.sum().backward()
+
+
+def test_dropout_changed_after_the_first_call_is_followed():
+    fast, ref = _pair(rt.GRU, torch.nn.GRU, 3, 6, num_layers=2, batch_first=True, dropout=0.5)
+    x = torch.randn(2, 5, 3, dtype=F64)
+    torch.manual_seed(1)
+    dropped, _ = fast(x)
+    fast.dropout = ref.dropout = 0.0
+    torch.testing.assert_close(fast(x)[0], ref(x)[0], rtol=1e-12, atol=1e-14)
+    assert (dropped - ref(x)[0]).abs().max() > 1e-3
+    fast.dropout = 0.5
+    torch.manual_seed(1)
+    torch.testing.assert_close(fast(x)[0], dropped, rtol=0, atol=0)
+
+
+def test_a_parametrised_weight_is_taken_as_torch_takes_it():
+    fast, ref = _pair(rt.GRU, torch.nn.GRU, 40, 4, batch_first=True)
+    for m in (fast, ref):
+        torch.manual_seed(2)  # registering draws from the generator: the same draws for both
+        torch.nn.utils.parametrizations.orthogonal(m, "weight_ih_l0")
+    x = torch.randn(2, 5, 40, dtype=F64)
+    got, want = fast(x)[0], ref(x)[0]
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+    gf = torch.autograd.grad(got.sum(), list(fast.parameters()))
+    gr = torch.autograd.grad(want.sum(), list(ref.parameters()))
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_autocast_input_runs_in_the_module_dtype():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(3, 3)
+    fast = rt.LSTM(3, 4, batch_first=True)
+    x = torch.randn(2, 5, 3, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y, (h, c) = fast(lin(x))
+    assert y.dtype == torch.float32 and y.shape == (2, 5, 4)
+    y.sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+# torch's own warnings about tracing: its deprecation, and torch.nn's Python checks that the
+# tracer cannot record (it warns on every such branch).
+@pytest.mark.filterwarnings("ignore:`torch.jit.*` is deprecated:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore::torch.jit.TracerWarning")
+def test_jit_trace_records_torch_nn_and_jit_script_is_refused():
+    fast, ref = _pair(rt.LSTM, torch.nn.LSTM, 3, 4, batch_first=True)
+    fast.eval()
+    ref.eval()
+    with torch.no_grad():
+        traced = torch.jit.trace(fast, (torch.randn(2, 5, 3, dtype=F64),))
+    other = torch.randn(2, 5, 3, dtype=F64)
+    torch.testing.assert_close(traced(other)[0], ref(other)[0], rtol=1e-12, atol=1e-14)
+    with pytest.raises(RuntimeError, match="cannot be scripted"):
+        torch.jit.script(fast)

@@ -17,12 +17,19 @@ tensors over rnnfast's arrays (no copies either). Copies are made where the layo
 - ``batch_first=False`` (torch's default): rnnfast's loops are batch-first, so the input is
   transposed into a contiguous copy and so is the output (and their gradients);
 - a ``PackedSequence`` is scattered into a zero-padded batch and its output gathered back;
-- a non-contiguous input or state is made contiguous.
+- a non-contiguous input, state or parameter (a parametrised weight, say) is made contiguous.
+
+What the forward pass keeps for backward is held by autograd's saved tensors, so it is freed
+when backward has run (unless ``retain_graph=True``), as torch.nn's buffers are.
 
 Differences from torch.nn, all deliberate:
 
 - CPU tensors only, float32 or float64 (use torch.nn's modules on a GPU, or in half
-  precision); double backward (``create_graph=True``) is refused;
+  precision; under ``torch.autocast`` a half-precision input is computed in the module's
+  dtype and the output has that dtype); double backward (``create_graph=True``) is refused;
+- ``torch.jit.script`` is refused with a clear error; ``torch.jit.trace`` records torch.nn's
+  own operations for these modules (the compiled loops are invisible to the tracer), so a
+  traced model computes as torch.nn does;
 - dropout's masks are drawn from torch's default generator (``torch.manual_seed`` repeats
   them) but are not the masks torch.nn would draw;
 - NaN and Inf pass through as in torch.nn (no check, unlike rnnfast's own models);
@@ -41,6 +48,7 @@ import torch
 from torch.nn.utils.rnn import PackedSequence
 
 from . import _core, _platform
+from ._recurrent import ForwardCache
 from .gru import GRU as _GRU
 from .lstm import LSTM as _LSTM
 from .rnn import RNN as _RNN
@@ -61,11 +69,13 @@ class _Stack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, impl, lengths, train, n_state, x, *tensors):
         states, params = tensors[:n_state], tensors[n_state:]
-        arrays = {name: p.detach().numpy() for name, p in zip(impl.params, params)}
+        # contiguous(): a parametrised or transposed weight is a strided view (copied here)
+        arrays = {name: p.detach().contiguous().numpy() for name, p in zip(impl.params, params)}
         impl.params = arrays
         state = _state_arrays(states)
         y, state_n, cache = impl._run(x.detach().numpy(), state, lengths, train)
-        ctx.impl, ctx.cache, ctx.arrays = impl, cache, arrays
+        ctx.impl, ctx.arrays = impl, arrays
+        ctx.skeleton, cache_tensors = _pack_cache(cache)
         ctx.state_given = [s is not None for s in states]
         state_n = _parts(state_n)
         ctx.shapes = (y.shape, [s.shape for s in state_n])
@@ -76,7 +86,11 @@ class _Stack(torch.autograd.Function):
         # Saved so that autograd refuses a backward after any of them was changed in place:
         # the cache holds views of x, of the initial state and of the outputs, and the
         # weights are read again.
-        ctx.save_for_backward(x, *(s for s in states if s is not None), *params, outs[0])
+        checked = (x, *(s for s in states if s is not None), *params, outs[0])
+        ctx.n_checked = len(checked)
+        # The cache's arrays are saved as tensors (sharing their memory) so that autograd
+        # frees them after backward, as it frees torch.nn's buffers, unless retain_graph.
+        ctx.save_for_backward(*checked, *cache_tensors)
         return outs
 
     @staticmethod
@@ -86,7 +100,8 @@ class _Stack(torch.autograd.Function):
                 f"rnnfast.torch.{ctx.impl.__class__.__name__} does not support double backward "
                 f"(backward or autograd.grad with create_graph=True through it); use torch.nn's "
                 f"module for higher-order gradients")
-        ctx.saved_tensors  # raises if x, a parameter or y was modified in place since forward
+        saved = ctx.saved_tensors  # raises if x, a parameter or y was changed in place, or freed
+        cache = _unpack_cache(ctx.skeleton, saved[ctx.n_checked:])
         impl = ctx.impl
         impl.params = ctx.arrays  # another forward may have pointed it elsewhere since
         y_shape, state_shapes = ctx.shapes
@@ -97,11 +112,45 @@ class _Stack(torch.autograd.Function):
             dstate = tuple(np.zeros(shape, impl.dtype) if d is None else d.numpy()
                            for d, shape in zip(dstate, state_shapes))
             dstate = dstate if len(dstate) > 1 else dstate[0]
-        dx, dstate0, grads = impl.backward(ctx.cache, dy, dstate, check_finite=False)
+        dx, dstate0, grads = impl.backward(cache, dy, dstate, check_finite=False)
         dstate0 = [torch.from_numpy(a) if given else None
                    for a, given in zip(_parts(dstate0), ctx.state_given)]
         return (None, None, None, None, torch.from_numpy(dx), *dstate0,
                 *(torch.from_numpy(grads[name]) for name in impl.params))
+
+
+def _pack_cache(cache):
+    """ForwardCache -> (skeleton, tensors): its arrays as tensors over the same memory, for
+    save_for_backward; read-only arrays (the model's kept zero states) stay in the skeleton."""
+    arrays, where = [], {}
+
+    def put(a):
+        if a is None or not a.flags.writeable:
+            return a
+        k = where.get(id(a))
+        if k is None:
+            k = where[id(a)] = len(arrays)
+            arrays.append(a)
+        return k
+
+    layers = [(put(x), tuple(map(put, s0)), put(y), tuple(map(put, saved)))
+              for x, s0, y, saved in cache.layers]
+    masks = [put(m) for m in cache.masks]
+    skeleton = (cache.owner, cache.batch, cache.steps, cache.lengths, layers, masks)
+    return skeleton, [torch.from_numpy(a) for a in arrays]
+
+
+def _unpack_cache(skeleton, tensors):
+    """The inverse of _pack_cache, from ctx.saved_tensors."""
+    arrays = [t.numpy() for t in tensors]
+
+    def get(k):
+        return arrays[k] if isinstance(k, int) else k
+
+    owner, batch, steps, lengths, layers, masks = skeleton
+    layers = [(get(x), tuple(map(get, s0)), get(y), tuple(map(get, saved)))
+              for x, s0, y, saved in layers]
+    return ForwardCache(owner, batch, steps, lengths, layers, [get(m) for m in masks])
 
 
 def _parts(state):
@@ -162,14 +211,18 @@ class _Module:
             # Parameters are drawn here only to be replaced: their cost is once per module.
             impl = self._impl_class(self.input_size, self.hidden_size, self.num_layers,
                                     bias=bool(self.bias), bidirectional=bool(self.bidirectional),
-                                    dropout=float(self.dropout), dtype=_DTYPES[dtype],
+                                    dtype=_DTYPES[dtype],
                                     check_finite=False, **kw)
-            if self.num_layers > 1 and self.dropout > 0:
-                impl._dropout_mask = _Drop(self.dropout, dtype)
             # forward passes self._flat_weights in this order
             assert list(impl.params) == list(self._flat_weights_names), "parameter order"
             impls[dtype] = impl
         return impl
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script cannot compile a forward that calls NumPy and the compiled loops.
+        raise RuntimeError(
+            f"rnnfast.torch.{type(self).__name__} cannot be scripted with torch.jit.script; "
+            f"script a torch.nn.{type(self).__name__} loaded with this module's state_dict")
 
     def __getstate__(self):
         # The rnnfast models are caches, remade on first use: not pickled, not deep-copied.
@@ -196,6 +249,8 @@ class _Module:
 
     @torch.compiler.disable
     def forward(self, input, hx=None):
+        if torch.jit.is_tracing():  # numpy is invisible to the tracer: trace torch.nn's ops
+            return super().forward(input, hx)
         self._update_flat_weights()
         packed = isinstance(input, PackedSequence)
         data = input.data if packed else input
@@ -228,16 +283,22 @@ class _Module:
             if not self.batch_first:
                 x = x.transpose(0, 1)
             lengths = None
-        x = x.contiguous()
+        wdtype = self._flat_weights[0].dtype
+        x = x.to(wdtype).contiguous()  # .to: a no-op but under autocast, which check_input allows
         B = x.shape[0]
         states = (tuple(hx) if lstm else (hx,)) if hx is not None else (None,) * (1 + lstm)
-        states = tuple(s if s is None else s.contiguous() for s in states)
+        states = tuple(s if s is None else s.to(wdtype).contiguous() for s in states)
 
         if not _platform.threads_chosen():
             threads = torch.get_num_threads()
             if _core.get_num_threads() != threads:
                 _core.set_num_threads(threads)
-        impl = self._impl(self._flat_weights[0].dtype)
+        dtype = self._flat_weights[0].dtype
+        impl = self._impl(dtype)
+        # torch.nn reads self.dropout at every call: so does this (a user may change it).
+        p = float(self.dropout) if self.num_layers > 1 else 0.0
+        if impl.dropout != p:
+            impl.dropout, impl._dropout_mask = p, _Drop(p, dtype)
         params = self._flat_weights
         np_lengths = None if lengths is None else lengths.numpy()
         if torch.is_grad_enabled() and any(
@@ -245,7 +306,8 @@ class _Module:
             y, *state_n = _Stack.apply(impl, np_lengths, self.training, len(states), x,
                                        *states, *params)
         else:  # no_grad or nothing to differentiate: no cache, no graph
-            impl.params = {name: p.detach().numpy() for name, p in zip(impl.params, params)}
+            impl.params = {name: p.detach().contiguous().numpy()
+                           for name, p in zip(impl.params, params)}
             y, state_n, _ = impl._run(x.numpy(), _state_arrays(states), np_lengths,
                                       self.training)
             y, state_n = torch.from_numpy(y), [torch.from_numpy(s) for s in _parts(state_n)]
