@@ -25,7 +25,7 @@ from .linear import Linear
 from .lstm import LSTM
 from .model import Model
 from .rnn import RNN
-from .train import _train_sequence, train_sequence
+from .train import _train_sequence
 
 CELLS = {"rnn": RNN, "lstm": LSTM, "gru": GRU}
 OPTIMISERS = {"sgd": optim.SGD, "adagrad": optim.Adagrad, "rmsprop": optim.RMSprop,
@@ -132,15 +132,11 @@ def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
         bar = tqdm(bar, desc=desc, unit="chunk")
     for s in bar:
         e = min(s + span, L - 1)
-        if comm is None:
-            out = train_sequence(model, optimizer, model_input(model, data[:, s:e]),
-                                 data[:, s + 1:e + 1], state=state, k1=k1, k2=k2,
-                                 clip_norm=clip_norm, clip_value=clip_value)
-        else:
-            out = _train_sequence(model, optimizer, model_input(model, data[:, s:e]),
-                                  data[:, s + 1:e + 1], state=state, loss="cross_entropy",
-                                  k1=k1, k2=k2, clip_norm=clip_norm, clip_value=clip_value,
-                                  on_nonfinite="skip", backward_options=None, comm=comm)
+        # train_sequence's defaults, and this rank's share of the batch when comm is given
+        out = _train_sequence(model, optimizer, model_input(model, data[:, s:e]),
+                              data[:, s + 1:e + 1], state=state, loss="cross_entropy",
+                              k1=k1, k2=k2, clip_norm=clip_norm, clip_value=clip_value,
+                              on_nonfinite="skip", backward_options=None, comm=comm)
         state = out["state"]
         if out["updates"]:
             total += out["loss"] * (e - s)
