@@ -1,6 +1,6 @@
 """The targets, read off one run of bench/run.py: a Markdown table per thread count.
 
-    python bench/summary.py bench/results/2026-11-25-session2.json
+    python bench/summary.py bench/results/2026-11-26-efabaf8-b.json
 
 Per (config, cell): rnnfast's median, how many times faster it is than the best of PyTorch
 and JAX (and which) and than its NumPy reference, the fraction of the matmul ceiling it

@@ -1,6 +1,6 @@
 // Round trip of a cache line between two threads: each waits for the other's counter and then
 // advances its own, a million times. What any per-step handover between the two cores costs,
-// the floor under splitting one step across them (bench/README.md, seventh session).
+// the floor under splitting one step across them (bench/README.md, "Tried, measured and dropped").
 //
 //   g++ -O2 -std=c++17 tools/core_latency.cpp -o /tmp/core_latency -lpthread
 //   /tmp/core_latency            # prints the median of 5 runs, and each run
