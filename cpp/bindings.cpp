@@ -1,5 +1,6 @@
 // rnnfast._core: one function per cell and direction, each running a whole layer over the
-// whole sequence. The Python layer validates and converts user input; these checks repeat the
+// whole sequence. Built once per instruction-set level, as the module RNNFAST_MODULE names
+// (CMakeLists.txt); the package loads one of them as rnnfast._core. The Python layer validates and converts user input; these checks repeat the
 // shape checks so that a direct call with wrong arrays raises instead of reading out of bounds.
 // Arguments are taken with noconvert(): a wrong dtype or layout is a TypeError, never a silent copy.
 #include <pybind11/numpy.h>
@@ -20,6 +21,10 @@
 #include "gru.hpp"
 #include "lstm.hpp"
 #include "rnn.hpp"
+
+#ifndef RNNFAST_MODULE
+#define RNNFAST_MODULE _core
+#endif
 
 namespace py = pybind11;
 using namespace rnnfast;
@@ -562,7 +567,7 @@ bool all_finite(const py::array_t<T, py::array::c_style>& a) {
 
 }  // namespace
 
-PYBIND11_MODULE(_core, m) {
+PYBIND11_MODULE(RNNFAST_MODULE, m) {
   m.doc() = "rnnfast's compiled time loops (private: use the rnnfast package)";
   def_rnn<float>(m);
   def_rnn<double>(m);

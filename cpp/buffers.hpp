@@ -22,8 +22,28 @@
 #include <mutex>
 #include <new>
 #include <vector>
+#ifdef _WIN32
+#include <malloc.h>
+#endif
 
 namespace rnnfast {
+
+// C++17's std::aligned_alloc, except with MSVC, whose C library has its own pair instead.
+inline void* aligned_block(std::size_t align, std::size_t size) {
+#ifdef _WIN32
+  return _aligned_malloc(size, align);
+#else
+  return std::aligned_alloc(align, size);
+#endif
+}
+
+inline void free_aligned_block(void* p) {
+#ifdef _WIN32
+  _aligned_free(p);
+#else
+  std::free(p);
+#endif
+}
 
 class BlockCache {
  public:
@@ -59,7 +79,7 @@ class BlockCache {
       if (p == nullptr) ++misses_;
     }
     if (p == nullptr) {
-      p = std::aligned_alloc(kAlign, size);
+      p = aligned_block(kAlign, size);
       if (p == nullptr) throw std::bad_alloc();
     }
     if (poison()) fill_nan(p, size);
@@ -84,7 +104,7 @@ class BlockCache {
         }
       }
     }
-    for (void* q : drop) std::free(q);  // outside the lock: munmap can take a while
+    for (void* q : drop) free_aligned_block(q);  // outside the lock: munmap can take a while
   }
 
   // Frees every cached block, then keeps at most `limit` bytes from now on.
@@ -96,7 +116,7 @@ class BlockCache {
       drop.swap(free_);
       cached_bytes_ = 0;
     }
-    for (const Block& b : drop) std::free(b.ptr);
+    for (const Block& b : drop) free_aligned_block(b.ptr);
   }
 
   void empty() { set_limit(info().limit); }
@@ -160,7 +180,7 @@ class Buffer {
     }
     BlockCache::instance().fail_if_asked();
     const std::size_t size = (bytes_ / BlockCache::kAlign + 1) * BlockCache::kAlign;
-    data_ = static_cast<T*>(std::aligned_alloc(BlockCache::kAlign, size));
+    data_ = static_cast<T*>(aligned_block(BlockCache::kAlign, size));
     if (data_ == nullptr) throw std::bad_alloc();
     if (BlockCache::instance().poison()) BlockCache::fill_nan(data_, bytes_);
   }
@@ -189,7 +209,7 @@ class Buffer {
     if (bytes_ >= BlockCache::kMinBytes)
       BlockCache::instance().give(data_, bytes_);
     else
-      std::free(data_);
+      free_aligned_block(data_);
     data_ = nullptr;
   }
 

@@ -248,25 +248,6 @@ def test_threads_round_trip():
         rnnfast.set_num_threads(0)
 
 
-def test_cpu_check_names_what_is_missing():
-    from rnnfast import _platform
-    assert _platform.missing_cpu_features(["AVX2", "FMA", "SSE4_2"], {"sse4_2", "fma"}) == \
-        ["AVX2"]
-    flags = _platform._cpu_flags()
-    if flags is not None:  # the CPU that runs the tests runs the module it built
-        assert _platform.missing_cpu_features(rnnfast.build_info()["isa"], flags) == []
-
-
-def test_cpu_check_raises_import_error_on_an_older_cpu(monkeypatch):
-    from rnnfast import _platform
-    if not rnnfast.build_info()["isa"]:
-        pytest.skip("this build needs nothing beyond the compiler's baseline")
-    monkeypatch.setattr(_platform, "_cpu_flags", lambda: {"sse", "sse2"})
-    with pytest.raises(ImportError, match="RNNFAST_ARCH=none") as e:
-        _platform.check_cpu()
-    assert "AVX2" in str(e.value) or "SSE3" in str(e.value)
-
-
 def _libc():
     import ctypes
     import ctypes.util

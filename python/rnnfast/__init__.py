@@ -1,17 +1,16 @@
 """rnnfast: fast CPU training of recurrent neural networks, with exact, tested gradients.
 
 The time loops of the forward pass and of backpropagation through time run in C++
-(``rnnfast._core``); ``rnnfast.reference`` holds the NumPy implementation they are tested
+(``rnnfast._core``: the kernel built for the fastest instruction sets this CPU has, see
+``build_info``); ``rnnfast.reference`` holds the NumPy implementation they are tested
 against.
 """
 
 __version__ = "0.1.0"
 
-from ._platform import build_info, cache_info, check_cpu, empty_cache, get_num_threads, \
-    set_cache_limit, set_num_threads
-
-check_cpu()  # before anything loads rnnfast._core: an ImportError, not "illegal instruction"
-
+from . import _core  # noqa: F401  (first: the kernel for this CPU, or an ImportError saying why)
+from ._platform import build_info, cache_info, empty_cache, get_num_threads, set_cache_limit, \
+    set_num_threads
 from . import checkpoint, clip, diagnostics, experiments, init, losses, optim, reference, \
     tasks, train  # noqa: E402
 from ._platform import threads_from_env  # noqa: E402

@@ -1,76 +1,21 @@
-"""The CPU check at import, threads, and how the compiled module was built.
-
-The default build of ``rnnfast._core`` uses x86-64-v3 instructions (AVX2, FMA; see
-bench/README.md for why). Loading it on a CPU without them would crash the interpreter with
-"illegal instruction", so ``check_cpu`` compares the instruction sets the build enabled
-(``_build.ISA``, written by CMake) with the flags of this CPU before ``_core`` is imported,
-and raises ImportError naming what is missing. It can only read the CPU's flags on Linux
-(/proc/cpuinfo); elsewhere it lets the import go ahead.
-"""
-
-# Compiler macro __X__ -> the flag /proc/cpuinfo shows for it.
-_CPUINFO_FLAG = {
-    "SSE3": "pni", "SSSE3": "ssse3", "SSE4_1": "sse4_1", "SSE4_2": "sse4_2", "POPCNT": "popcnt",
-    "AVX": "avx", "AVX2": "avx2", "FMA": "fma", "BMI": "bmi1", "BMI2": "bmi2", "F16C": "f16c",
-    "LZCNT": "abm", "MOVBE": "movbe", "AVX512F": "avx512f", "AVX512CD": "avx512cd",
-    "AVX512BW": "avx512bw", "AVX512DQ": "avx512dq", "AVX512VL": "avx512vl",
-    "AVX512VNNI": "avx512_vnni", "AVX512BF16": "avx512_bf16", "AVX512FP16": "avx512_fp16",
-}
-
-
-def _build():
-    try:
-        from . import _build
-    except ImportError:  # a source tree that was never built: _core is missing too
-        return None
-    return _build
+"""How the compiled core was built and which kernel runs, threads, and the array cache."""
 
 
 def build_info():
-    """How ``rnnfast._core`` was built: ``{"arch", "isa", "openmp"}``.
+    """How the compiled core was built and which of its kernels runs on this CPU.
 
-    ``arch`` is the ``-march`` value (``"none"`` for the compiler's baseline), ``isa`` the
-    instruction sets it enabled, ``openmp`` whether Eigen's products can use threads.
+    A dict with ``kernel`` (the kernel in use: its ``-march`` level, e.g. ``"x86-64-v3"``, or
+    ``"generic"`` for the compiler's baseline), ``isa`` (the instruction sets that kernel
+    uses, as compiler macro names), ``kernels`` (every kernel this build has, most portable
+    first), ``cpu`` (the instruction sets this CPU supports, read by CPUID) and ``openmp``
+    (whether Eigen's products can use threads). The environment variable RNNFAST_KERNEL,
+    read at import, chooses another kernel than the fastest.
     """
-    b = _build()
-    if b is None:
-        return {"arch": None, "isa": [], "openmp": None}
-    return {"arch": b.ARCH, "isa": list(b.ISA), "openmp": bool(b.OPENMP)}
-
-
-def _cpu_flags(path="/proc/cpuinfo"):
-    """The set of this CPU's flags, or None where they cannot be read."""
-    try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return None
-
-
-def missing_cpu_features(isa, flags):
-    """The instruction sets in ``isa`` (macro names) that ``flags`` (cpuinfo) lacks."""
-    return [m for m in isa if m in _CPUINFO_FLAG and _CPUINFO_FLAG[m] not in flags]
-
-
-def check_cpu():
-    """Raise ImportError if this CPU lacks an instruction set that ``_core`` was built with."""
-    b = _build()
-    if b is None or not b.ISA:
-        return
-    flags = _cpu_flags()
-    if flags is None:
-        return
-    missing = missing_cpu_features(b.ISA, flags)
-    if missing:
-        raise ImportError(
-            f"rnnfast's compiled module was built with -march={b.ARCH}, which needs the "
-            f"instruction set(s) {', '.join(missing)} that this CPU does not have. Build a "
-            f"portable version from source instead: pip install --no-binary rnnfast rnnfast "
-            f"-Ccmake.define.RNNFAST_ARCH=none (or, in a checkout, pip install . "
-            f"-Ccmake.define.RNNFAST_ARCH=none); RNNFAST_ARCH=native tunes it for this CPU.")
+    from . import _core, _kernels  # noqa: F401  (importing _core chooses the kernel)
+    name, _, isa = _kernels.loaded()
+    from . import _build
+    return {"kernel": name, "isa": list(isa), "kernels": [k[0] for k in _kernels.kernels()],
+            "cpu": sorted(_kernels.cpu_features()), "openmp": bool(_build.OPENMP)}
 
 
 def set_num_threads(n):

@@ -766,7 +766,7 @@ def format_table(result):
         lines.append(f"threads={n}  matmul ceiling {run['ceiling_gflops']:.1f} GFLOP/s "
                      f"(float32 numpy 1024x1024; {run['ceiling_start_gflops']:.1f} at start, "
                      f"{run['ceiling_end_gflops']:.1f} at end)  rnnfast build: "
-                     f"arch={b.get('arch', '?')} openmp={b.get('openmp', '?')}")
+                     f"kernel={b.get('kernel', b.get('arch', '?'))} openmp={b.get('openmp', '?')}")
         if run.get("core_sha256"):
             load = run.get("loadavg_start"), run.get("loadavg_end")
             lines.append(f"_core sha256 {run['core_sha256']}" + (
