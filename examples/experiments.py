@@ -15,7 +15,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", choices=[[], *experiments.EXPERIMENTS],
                         help="which to run (default: all three)")
-    parser.add_argument("--quick", action="store_true", help="tiny versions, seconds each")
+    parser.add_argument("--quick", action="store_true", help="smoke runs in seconds: a budget too small to show the effects")
     parser.add_argument("--out", default="experiment_figures", help="directory for PNGs")
     args = parser.parse_args()
     for name in args.names or list(experiments.EXPERIMENTS):

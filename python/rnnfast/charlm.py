@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from . import checkpoint, optim
+from . import _checks, checkpoint, optim
 from .embedding import Embedding
 from .gru import GRU
 from .linear import Linear
@@ -95,6 +95,18 @@ def check_model_options(layers, dropout, bidirectional):
                          f"dropout={dropout} with layers={layers}")
 
 
+def check_run_options(*, epochs, batch, k1, k2, checkpoint_path=None, resume=False):
+    """Refuse, before any training, the run settings that would fail or do nothing later."""
+    _checks.positive_int(epochs, "epochs")
+    _checks.positive_int(batch, "batch")
+    _checks.positive_int(k1, "k1")
+    if k2 is not None and _checks.positive_int(k2, "k2") < k1:
+        raise ValueError(f"k2 must be >= k1 = {k1} (backpropagate through at least the k1 "
+                         f"steps that take the loss), got {k2}")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs checkpoint_path, the checkpoint to continue from")
+
+
 def build_model(cell, vocab_size, hidden, layers, dtype, seed, *, embedding_dim=32,
                 dropout=0.0, bidirectional=False):
     """Embedding (vocab_size -> embedding_dim) -> ``cell`` stack -> Linear (-> vocab_size).
@@ -143,8 +155,9 @@ def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
             count += e - s
         if progress:
             rate = count * B / (time.perf_counter() - start)
-            bar.set_postfix(loss=f"{total / max(count, 1):.3f}", chars_per_s=f"{rate:.3g}",
-                            refresh=False)
+            # bits/char, the unit of the summary printed after the epoch
+            bar.set_postfix({"bits/char": f"{bits(total / max(count, 1)):.3f}",
+                             "chars/s": f"{rate:.3g}"}, refresh=False)
     seconds = time.perf_counter() - start
     return total / max(count, 1), count * B / seconds
 
@@ -199,9 +212,15 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
           valid_fraction=0.05, progress=True, log=print, distributed=False):
     """Train a character model on ``text``; returns (model, vocabulary, history).
 
-    With ``resume``, the model (its cell, sizes, dropout) is the checkpoint's, and the
-    arguments that describe a model are not used; a one-hot model of an older checkpoint
-    resumes as one.
+    ``epochs`` is the number of epochs this call trains. With ``resume``, they follow the
+    checkpoint's: a checkpoint of 4 epochs resumed with ``epochs=2`` trains epochs 5 and 6
+    (as ``fit(..., initial_epoch=4, epochs=2)`` does). The model (its cell, sizes, dropout)
+    is the checkpoint's, and the arguments that describe a model are not used; a one-hot
+    model of an older checkpoint resumes as one.
+
+    The settings of the run (``epochs``, ``batch``, ``k1``, ``k2``, ``resume`` with a
+    ``checkpoint_path``) are checked before the text is read, and the checkpoint's
+    directory before the first epoch: a mistake fails at once, not after an epoch.
 
     With ``distributed`` (every rank of ``mpiexec -n N`` calling ``train`` with the same
     text and arguments), the ``batch`` streams are shared out over the ranks and every
@@ -212,6 +231,8 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
     it is the single-process run.
     """
     check_model_options(layers, dropout, bidirectional)  # before a long read of the text
+    check_run_options(epochs=epochs, batch=batch, k1=k1, k2=k2,
+                      checkpoint_path=checkpoint_path, resume=resume)
     comm = _world(batch, text, locals()) if distributed else None
     if comm is not None and comm.Get_rank() != 0:
         log, progress, sample_length = (lambda *a, **k: None), False, 0
@@ -235,7 +256,8 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
         opt = OPTIMISERS[ck.optimizer_state["type"].lower()](model.params, lr=lr)
         opt.load_state_dict(ck.optimizer_state)
         first_epoch = ck.epoch
-        log(f"resumed from {checkpoint_path} after epoch {first_epoch}"
+        log(f"resumed from {checkpoint_path} after epoch {first_epoch}; training epochs "
+            f"{first_epoch + 1} to {first_epoch + epochs}"
             + ("" if model.embedding is not None else
                " (a model with one-hot input, from before the embedding: it keeps it)"))
     else:
@@ -281,6 +303,9 @@ def _world(batch, text, arguments):
 def _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2, clip_norm,
             clip_value, progress, checkpoint_path, sample_length, temperature, seed, log, comm):
     history = []
+    if checkpoint_path and (comm is None or comm.Get_rank() == 0):
+        # here, not after the first epoch's minutes of training
+        checkpoint.check_writable(checkpoint_path, "checkpoint_path")
     for ep in range(first_epoch, first_epoch + epochs):
         loss, rate = epoch(model, opt, train_data, k1=k1, k2=k2, clip_norm=clip_norm,
                            clip_value=clip_value, progress=progress, desc=f"epoch {ep + 1}",

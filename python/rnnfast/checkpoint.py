@@ -70,6 +70,9 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
          distributed=False):
     """Write a checkpoint of ``model`` (and ``optimizer``, ``schedule``) to ``path``, atomically.
 
+    Raises OSError naming ``path`` when it cannot be written (its directory missing or not
+    writable, ``path`` a directory, the disk full); the file already at ``path`` is kept.
+
     With ``distributed=True`` (data-parallel training under mpiexec), every rank calls
     ``save``: the ranks' parameters are compared by checksum (``RankMismatchError`` on every
     rank if they differ), every rank's dropout generator state is gathered into the file,
@@ -134,19 +137,56 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
         raise OSError(f"rank 0 could not write the checkpoint {os.fspath(path)}: {error}")
 
 
+def check_writable(path, name="path"):
+    """Raise OSError, naming ``name`` and ``path``, unless a checkpoint can be written at
+    ``path``: its directory exists and is writable, and ``path`` is not a directory.
+
+    For a long run to check its checkpoint's place before it trains, not after.
+    """
+    path = os.fspath(path)
+    folder = os.path.dirname(path) or os.curdir
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{name} must name a file to write the checkpoint to, got the "
+                                f"directory {path!r}; add a file name, e.g. "
+                                f"{os.path.join(path, 'checkpoint.npz')!r}")
+    if not os.path.exists(folder):
+        raise FileNotFoundError(f"{name} must be a file in an existing directory, got {path!r}, "
+                                f"and the directory {folder!r} does not exist; create it first")
+    if not os.path.isdir(folder):
+        raise NotADirectoryError(f"{name} must be a file in an existing directory, got "
+                                 f"{path!r}, and {folder!r} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{name} must be a file in a directory you can write to, got "
+                              f"{path!r}, and the directory {folder!r} is not writable")
+
+
+def _naming(error, path):
+    """``error`` (an OSError) told about ``path``, the user's, instead of the temporary file."""
+    named = type(error)(f"cannot write the checkpoint {path!r}: "
+                        f"{error.strerror or error}")
+    named.errno = error.errno
+    return named
+
+
 def _write(path, arrays):
     """``arrays`` to an ``.npz`` at ``path`` through a temporary file and a rename."""
+    check_writable(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".rnnfast-", suffix=".tmp", dir=folder)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".rnnfast-", suffix=".tmp", dir=folder)
+    except OSError as e:
+        raise _naming(e, path) from e
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            raise _naming(e, path) from e
         raise
     try:  # make the rename itself durable
         dir_fd = os.open(folder, os.O_RDONLY)

@@ -1,6 +1,7 @@
 """The ``rnnfast`` command (also ``python -m rnnfast``)."""
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -18,8 +19,6 @@ def _train(args):
         text = charlm.default_text()
     if args.max_chars:
         text = text[:args.max_chars]
-    if args.resume and not args.checkpoint:
-        raise SystemExit("rnnfast train: --resume needs --checkpoint PATH")
     ranks = _launched_ranks()
     if ranks > 1 and not args.distributed:
         # N independent copies would each train alone and overwrite one another's checkpoint
@@ -34,6 +33,28 @@ def _train(args):
         dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
         sample_length=args.sample_length, temperature=args.temperature,
         progress=not args.no_progress, distributed=args.distributed)
+
+
+def _check_train(parser, args):
+    """The checks argparse cannot make one option at a time, made before the text is read:
+    every mistake here would otherwise surface only once training has started or ended."""
+    if args.k2 is not None and args.k2 < args.k1:
+        parser.error(f"argument --k2: must be >= --k1 {args.k1} (backpropagate through at "
+                     f"least the k1 characters that take the loss), got {args.k2}")
+    if args.resume and not args.checkpoint:
+        parser.error("argument --resume: needs --checkpoint PATH, the checkpoint to continue "
+                     "from")
+    if args.resume and not os.path.isfile(args.checkpoint):
+        parser.error(f"argument --resume: expected a checkpoint at --checkpoint "
+                     f"{args.checkpoint!r}, found none (leave out --resume to start a new "
+                     f"one there)")
+    if args.checkpoint and not args.distributed:
+        # (under mpiexec rank 0 alone writes it, and checks it itself before training)
+        from . import checkpoint
+        try:
+            checkpoint.check_writable(args.checkpoint, "argument --checkpoint:")
+        except OSError as e:
+            parser.error(str(e))
 
 
 def _launched_ranks():
@@ -56,6 +77,36 @@ def _experiment(args):
           f"{'' if args.out is None else f'; figures in {args.out}'}")
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in --help, except where there is none to show (None, a flag
+    that is off) or its help says it in words."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or \
+                "default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
+def _number(kind, low, *, above=False, below=None):
+    """An argparse type: a ``kind`` (int or float) >= ``low`` (> ``low`` with ``above``;
+    and < ``below`` when given), refused with argparse's own error naming the option."""
+    bound = (f"> {low}" if above else f">= {low}") + ("" if below is None else f" and < {below}")
+    noun = "an integer" if kind is int else "a number"
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text!r}") from None
+        if not (math.isfinite(value) and (value > low if above else value >= low)
+                and (below is None or value < below)):
+            raise argparse.ArgumentTypeError(f"expected {noun} {bound}, got {text}")
+        return value
+
+    return parse
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="rnnfast", description="Fast CPU training of recurrent networks.")
@@ -63,56 +114,80 @@ def build_parser():
 
     t = sub.add_parser(
         "train", help="train a character-level language model and print samples",
+        formatter_class=_HelpFormatter,
         description="Train a character-level language model with truncated BPTT and print "
                     "samples after every epoch. Without --text it learns the text of "
-                    "Python's help topics (pydoc_data, ~465 KB, shipped with CPython).")
+                    "Python's help topics (pydoc_data, ~465 KB, shipped with CPython). "
+                    "Losses are in bits per character.")
     t.add_argument("--text", metavar="FILE", help="a UTF-8 text file to learn")
-    t.add_argument("--max-chars", type=int, default=0, help="use only the first N characters")
-    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm")
-    t.add_argument("--hidden", type=int, default=128, help="hidden units per layer")
-    t.add_argument("--layers", type=int, default=1, help="stacked recurrent layers")
-    t.add_argument("--embedding-dim", type=int, default=32,
+    t.add_argument("--max-chars", type=_number(int, 0), default=0, metavar="N",
+                   help="use only the first N characters (0: all of them)")
+    t.add_argument("--cell", choices=["rnn", "lstm", "gru"], default="lstm",
+                   help="the recurrent cell")
+    t.add_argument("--hidden", type=_number(int, 1), default=128, help="hidden units per layer")
+    t.add_argument("--layers", type=_number(int, 1), default=1, help="stacked recurrent layers")
+    t.add_argument("--embedding-dim", type=_number(int, 1), default=32,
                    help="length of the learned vector each character is read as")
-    t.add_argument("--dropout", type=float, default=0.0,
+    t.add_argument("--dropout", type=_number(float, 0, below=1), default=0.0,
                    help="dropout between stacked layers, in training (needs --layers >= 2)")
     t.add_argument("--bidirectional", action="store_true",
                    help="refused: a language model must not read the characters it predicts "
                         "(listed so that the reason is given)")
-    t.add_argument("--dtype", choices=["float32", "float64"], default="float32")
-    t.add_argument("--batch", type=int, default=16, help="parallel streams of text")
-    t.add_argument("--k1", type=int, default=32, help="update every k1 characters")
-    t.add_argument("--k2", type=int, default=None,
-                   help="backpropagate through k2 >= k1 characters (default k1)")
+    t.add_argument("--dtype", choices=["float32", "float64"], default="float32",
+                   help="the model's floating-point type")
+    t.add_argument("--batch", type=_number(int, 1), default=16,
+                   help="parallel streams of text")
+    t.add_argument("--k1", type=_number(int, 1), default=32,
+                   help="update every k1 characters")
+    t.add_argument("--k2", type=_number(int, 1), default=None,
+                   help="backpropagate through k2 >= k1 characters (default: k1)")
     t.add_argument("--optimizer", choices=["sgd", "adagrad", "rmsprop", "adam", "adamw"],
-                   default="adam")
-    t.add_argument("--lr", type=float, default=3e-3)
-    t.add_argument("--clip-norm", type=float, default=5.0,
+                   default="adam", help="the optimiser")
+    t.add_argument("--lr", type=_number(float, 0, above=True), default=3e-3,
+                   help="learning rate")
+    t.add_argument("--clip-norm", type=_number(float, 0), default=5.0,
                    help="clip gradients by global norm (0: off)")
-    t.add_argument("--clip-value", type=float, default=None, help="clip gradients by value")
-    t.add_argument("--epochs", type=int, default=2)
-    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--clip-value", type=_number(float, 0, above=True), default=None,
+                   help="clip gradients by value (default: off)")
+    t.add_argument("--epochs", type=_number(int, 1), default=2, metavar="N",
+                   help="epochs to train in this run; with --resume, N more after the "
+                        "checkpoint's (a checkpoint of 4 epochs and --epochs 2 train epochs "
+                        "5 and 6)")
+    t.add_argument("--seed", type=int, default=0,
+                   help="seeds the initial weights and the samples")
     t.add_argument("--checkpoint", metavar="PATH",
-                   help="save model and optimiser here after every epoch")
-    t.add_argument("--resume", action="store_true", help="continue from --checkpoint")
-    t.add_argument("--sample-length", type=int, default=300)
-    t.add_argument("--temperature", type=float, default=0.8)
+                   help="save model and optimiser here after every epoch (its directory "
+                        "must exist)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue from the checkpoint at --checkpoint, with its model, and "
+                        "save there again")
+    t.add_argument("--sample-length", type=_number(int, 0), default=300, metavar="N",
+                   help="characters to sample after every epoch (0: none)")
+    t.add_argument("--temperature", type=_number(float, 0, above=True), default=0.8,
+                   help="sampling temperature: lower is more conservative")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--distributed", action="store_true",
                    help="data-parallel over the ranks of `mpiexec -n N rnnfast train "
                         "--distributed` (needs pip install \"rnnfast[mpi]\"): the streams "
                         "are shared out, rank 0 prints and writes the checkpoint")
-    t.set_defaults(func=_train)
+    t.set_defaults(func=_train, check=lambda args: _check_train(t, args))
 
     e = sub.add_parser(
         "experiment", help="run a classic BPTT experiment: print its table, save figures",
+        formatter_class=_HelpFormatter,
         description="The classic experiments of rnnfast.experiments: 'vanishing' (adding "
                     "problem, tanh RNN vs IRNN vs LSTM vs GRU), 'exploding' (clipping by norm, "
                     "by value, per step), 'truncation' (truncated BPTT against a dependency "
-                    "of known span). Each takes a few minutes on 2 cores; --quick, seconds.")
-    e.add_argument("name", choices=["vanishing", "exploding", "truncation"])
-    e.add_argument("--quick", action="store_true", help="a tiny version that runs in seconds")
+                    "of known span). On 2 cores 'vanishing' takes a few minutes, the "
+                    "others seconds.")
+    e.add_argument("name", choices=["vanishing", "exploding", "truncation"],
+                   help="the experiment")
+    e.add_argument("--quick", action="store_true",
+                   help="a smoke run in seconds: it checks that the experiment runs end to "
+                        "end, on a budget too small to show its effect (its table and "
+                        "figures are not the result: run without --quick for that)")
     e.add_argument("--out", metavar="DIR", default="experiment_figures",
-                   help="directory for the PNG figures (default: experiment_figures)")
+                   help="directory for the PNG figures")
     e.set_defaults(func=_experiment)
 
     # Listed here for --help; its own options are parsed by rnnfast.bench (see main).
@@ -128,6 +203,8 @@ def main(argv=None):
         from . import bench
         return bench.main(argv[1:])
     args = build_parser().parse_args(argv)
+    if hasattr(args, "check"):
+        args.check(args)
     if getattr(args, "clip_norm", None) == 0:
         args.clip_norm = None
     try:

@@ -279,7 +279,7 @@ def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, l
                          "does not collect them; call model.backward(..., "
                          "return_grad_norms=True) directly")
 
-    targets = _check_targets(targets, loss, B, T, _per_sequence(model))
+    targets = _check_targets(targets, loss, B, T, _per_sequence(model), model.dtype)
 
     window_state = state  # the state at the current window's start
     final_state = state  # what T = 0 returns: the state unchanged
@@ -324,24 +324,46 @@ def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, l
             "updates": updates, "skipped": skipped, "grad_norm": grad_norm}
 
 
-def _check_targets(targets, loss, B, T, per_sequence):
-    """Targets of the shape ``loss`` needs, checked before any update."""
-    targets = np.asarray(targets)
+def _require_array(a, name, dtype):
+    """Refuse anything but a NumPy array, as x is refused: a list of rows would be guessed at
+    (ragged rows, mixed types) and its mistakes would surface deep inside the loop."""
+    if not isinstance(a, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(a).__name__}; convert it "
+                        f"first, e.g. np.asarray({name}, dtype=np.{np.dtype(dtype).name})")
+
+
+def _check_targets(targets, loss, B, T, per_sequence, dtype):
+    """Targets of the shape ``loss`` needs, checked before any update; ``dtype`` is the
+    model's, which real targets are converted to."""
     one = per_sequence or loss.endswith("_last")  # one target per sequence
     if loss.startswith("cross_entropy"):
+        _require_array(targets, "targets", np.int64)
         if targets.dtype.kind not in "iu":
             raise TypeError(f"targets must hold integer class indices for {loss!r}, got dtype "
                             f"{targets.dtype}")
         want, meaning = ((B,), "(B,)") if one else ((B, T), "(B, T)")
-        _checks.expect_shape(targets, "targets", want, meaning)
+        if targets.shape != want:
+            hint = ""
+            if not one and targets.shape == (B,):
+                hint = ("; one class per sequence is the many-to-one loss: use "
+                        "loss='cross_entropy_last' (the loss at each sequence's last step)")
+            elif one and not per_sequence and targets.shape == (B, T):
+                hint = "; a class at every step is the per-step loss: use loss='cross_entropy'"
+            raise ValueError(f"targets must have shape {meaning} = {_checks.shape_str(want)}, "
+                             f"got {_checks.shape_str(targets.shape)}{hint}")
     else:
-        _checks.check_float_array(targets, "targets", np.float64, None)
+        _require_array(targets, "targets", dtype)
+        _checks.check_float_array(targets, "targets", dtype, None)
         want = (B,) if one else (B, T)
         nd = 2 if one else 3
         if targets.ndim != nd or targets.shape[:len(want)] != want:
+            hint = ""
+            if not one and targets.ndim == 2 and targets.shape[0] == B:
+                hint = ("; one target per sequence is the many-to-one loss: use "
+                        "loss='mse_last' (the loss at each sequence's last step)")
             raise ValueError(f"targets must have shape {'(B, C)' if nd == 2 else '(B, T, C)'} "
                              f"with {'B' if nd == 2 else '(B, T)'} = {want} for {loss!r}, got "
-                             f"{_checks.shape_str(targets.shape)}")
+                             f"{_checks.shape_str(targets.shape)}{hint}")
     return targets
 
 
@@ -362,11 +384,23 @@ def _batches(data, batch_size, rng):
         yield (batch + (None,))[:3]
 
 
-def _check_data(data, name):
-    if isinstance(data, tuple) and data and isinstance(data[0], np.ndarray):
+def _check_data(data, name, dtype):
+    """Refuse, before the first batch, ``data`` that is neither arrays (x, targets[, lengths])
+    nor an iterable of such batches; ``dtype`` is the model's."""
+    if isinstance(data, tuple) and data and not isinstance(data[0], tuple):
+        # (x, targets[, lengths]), for a tuple of batches would hold tuples
         if len(data) not in (2, 3):
             raise ValueError(f"{name} must be (x, targets) or (x, targets, lengths), got a "
                              f"tuple of {len(data)}")
+        if not isinstance(data[0], np.ndarray):
+            raise TypeError(f"{name}: x must be a numpy.ndarray, got {type(data[0]).__name__}; "
+                            f"convert it first, e.g. np.asarray(x, dtype=np.{np.dtype(dtype).name})"
+                            f" (integer ids for a model that starts with an Embedding)")
+        if not isinstance(data[1], np.ndarray):
+            raise TypeError(f"{name}: targets must be a numpy.ndarray, like x, got "
+                            f"{type(data[1]).__name__}; convert it first, e.g. "
+                            f"np.asarray(targets) (integer classes for cross-entropy, "
+                            f"np.{np.dtype(dtype).name} for MSE)")
         n = data[0].shape[0]
         for part, label in zip(data[1:], ("targets", "lengths")):
             if part is not None and len(part) != n:
@@ -382,12 +416,14 @@ def evaluate(model, data, loss="cross_entropy", batch_size=256):
 
     ``data`` and ``loss`` as for ``fit`` (targets per sequence for a model with a pool).
     """
-    _check_data(data, "data")
+    _check_data(data, "data", model.dtype)
     _check_loss(model, loss)
     per_sequence = _per_sequence(model)
     total, weight, correct, counted = 0.0, 0, 0, 0
     for x, targets, lengths in _batches(data, batch_size, None):
         logits, _ = model(x, None, lengths)
+        targets = _check_targets(targets, loss, x.shape[0], x.shape[1], per_sequence,
+                                 model.dtype)
         value, _ = sequence_loss(loss, logits, targets, None if per_sequence else lengths)
         total += value * len(x)
         weight += len(x)
@@ -537,9 +573,9 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     list of dicts, one per epoch: ``epoch``, ``loss``, ``updates``, ``skipped``, ``seconds``,
     ``timesteps_per_second`` and, with validation, ``val_loss`` (``val_accuracy``).
     """
-    _check_data(data, "data")
+    _check_data(data, "data", model.dtype)
     if validation is not None:
-        _check_data(validation, "validation")
+        _check_data(validation, "validation", model.dtype)
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _check_loss(model, loss)
