@@ -275,8 +275,11 @@ class Recurrent:
     # -- the public passes ------------------------------------------------------------------
 
     def __call__(self, x, state=None, lengths=None):
-        """Inference: ``y, state = model(x, state=None, lengths=None)``. See ``forward``; no
-        dropout is applied here, and nothing is kept for backward."""
+        """Inference: ``y, state = model(x, state=None, lengths=None)``.
+
+        Arguments and results as for ``forward``, without the cache: no dropout is applied
+        here, and nothing is kept for backward.
+        """
         y, state, _ = self._run(x, state, lengths, train=False)
         return y, state
 
@@ -287,9 +290,11 @@ class Recurrent:
         ----------
         x : ndarray, shape (B, T, input_size)
             Batch-first inputs, any real floating dtype (converted to the model's dtype).
-        state : ndarray (num_directions * num_layers, B, hidden_size), or for the LSTM a
-            tuple ``(h, c)`` of two such arrays; optional. The initial state (PyTorch's order:
-            layer 0 forward, layer 0 reverse, layer 1 forward, ...); zeros when None.
+        state : ndarray or tuple of two ndarrays, optional
+            The initial state, (num_directions * num_layers, B, hidden_size), or for the LSTM
+            a tuple ``(h, c)`` of two such arrays (h proj_size wide with a projection), in
+            PyTorch's order: layer 0 forward, layer 0 reverse, layer 1 forward, ...; zeros
+            when None.
         lengths : array-like of ints, shape (B,), optional
             Valid steps of each sequence, in [0, T]. At steps t >= lengths[b] the state of
             sequence b stays as it was, its output is zero and it receives no gradient. The
@@ -304,6 +309,8 @@ class Recurrent:
         cache : ForwardCache
             For ``backward``.
 
+        Notes
+        -----
         This is the training pass: dropout between layers (``dropout`` > 0) is applied here,
         with masks drawn from the model's seeded generator and kept in the cache.
 
@@ -403,8 +410,8 @@ class Recurrent:
             Gradient with respect to the initial state.
         grads : dict
             Same keys and shapes as ``params``.
-        grad_norms : ndarray (num_directions * num_layers, T), only with
-            ``return_grad_norms=True``, rows in the state's order.
+        grad_norms : ndarray (num_directions * num_layers, T)
+            Only with ``return_grad_norms=True``; rows in the state's order.
             ``grad_norms[i, t]``: the L2 norm over the H units of dL/dh_t at layer i (the
             total gradient reaching h_t, as clipped by ``clip_per_step``, before that
             step's own clipping), averaged over the sequences still running at step t

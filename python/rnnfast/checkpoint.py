@@ -25,16 +25,49 @@ FORMAT_VERSION = 1
 
 
 class Checkpoint:
-    """What ``load`` returns.
+    """What ``load`` returns: the saved model, rebuilt, and what resuming its training needs.
 
     Attributes
     ----------
-    model : the rebuilt model with the saved parameters (and the saved state of its dropout
-        generator, so that a resumed run draws the masks the uninterrupted one did)
-    optimizer_state : dict for ``optimizer.load_state_dict``, or None
-    schedule_state : dict for ``schedule.load_state_dict``, or None
-    step, epoch : int
+    model : RNN, LSTM, GRU, Linear, Embedding or Model
+        A new model of the saved configuration holding the saved parameters, and the saved
+        state of its dropout generator, so that a resumed run draws the masks the
+        uninterrupted one did. Its ``params`` are new arrays: build the optimiser on them.
+    optimizer_state : dict or None
+        For ``load_state_dict`` of a new optimiser of the saved type over
+        ``model.params``: its hyperparameters, step count and per-parameter state (Adam's
+        moments, momentum buffers, ...). None when no optimiser was saved.
+    schedule_state : dict or None
+        For ``load_state_dict`` of a new schedule of the saved type; None when none was saved.
+    step : int
+        The ``step`` given to ``save``.
+    epoch : int
+        The ``epoch`` given to ``save``: pass it to ``fit`` as ``initial_epoch`` to continue
+        the numbering and the shuffling of the uninterrupted run.
     metadata : dict
+        The ``metadata`` given to ``save`` (empty if none).
+
+    See Also
+    --------
+    rnnfast.load, rnnfast.save
+
+    Examples
+    --------
+    Resume training from a checkpoint:
+
+    >>> import numpy as np, rnnfast
+    >>> x = np.zeros((8, 5, 3), dtype=np.float32)
+    >>> y = np.zeros(8, dtype=np.int64)
+    >>> model = rnnfast.Model(rnnfast.LSTM(3, 4, seed=0), rnnfast.Linear(4, 2, seed=1))
+    >>> opt = rnnfast.optim.Adam(model.params, lr=1e-2)
+    >>> _ = rnnfast.fit(model, opt, (x, y), loss="cross_entropy_last", progress=False)
+    >>> rnnfast.save("run.npz", model, opt, epoch=1)
+    >>> ckpt = rnnfast.load("run.npz")
+    >>> model = ckpt.model
+    >>> opt = rnnfast.optim.Adam(model.params, lr=1e-2)
+    >>> opt.load_state_dict(ckpt.optimizer_state)
+    >>> _ = rnnfast.fit(model, opt, (x, y), loss="cross_entropy_last", progress=False,
+    ...                 initial_epoch=ckpt.epoch)
     """
 
     def __init__(self, model, optimizer_state, schedule_state, step, epoch, metadata):
@@ -47,7 +80,23 @@ class Checkpoint:
 
 
 def build(config):
-    """A new model from the ``config()`` of an RNN, LSTM, GRU, Linear, Embedding or Model."""
+    """A new model from the ``config()`` of an RNN, LSTM, GRU, Linear, Embedding or Model.
+
+    Parameters
+    ----------
+    config : dict
+        What the model's ``config()`` returned (JSON-friendly).
+
+    Returns
+    -------
+    RNN, LSTM, GRU, Linear, Embedding or Model
+        A new model with that configuration and freshly initialised parameters.
+
+    Raises
+    ------
+    ValueError
+        When ``config`` names no model class of rnnfast.
+    """
     import rnnfast
 
     if not isinstance(config, dict):
@@ -70,9 +119,32 @@ def save(path, model, optimizer=None, *, schedule=None, step=0, epoch=0, metadat
          distributed=False):
     """Write a checkpoint of ``model`` (and ``optimizer``, ``schedule``) to ``path``, atomically.
 
-    Raises OSError naming ``path`` when it cannot be written (its directory missing or not
-    writable, ``path`` a directory, the disk full); the file already at ``path`` is kept.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        The file to write, conventionally ``.npz``. A file already there is replaced only
+        once the new one is complete.
+    model : RNN, LSTM, GRU, Linear, Embedding or Model
+        Its configuration (``config()``), parameters and dropout generator's state are saved.
+    optimizer : rnnfast.optim.Optimizer, optional
+        Its ``state_dict()`` is saved.
+    schedule : rnnfast.optim.StepLR, ExponentialLR or CosineAnnealingLR, optional
+        Its ``state_dict()`` is saved.
+    step, epoch : int, default 0
+        The position in training, returned by ``load`` as they were given.
+    metadata : dict, optional
+        Anything JSON can hold, returned by ``load``.
+    distributed : bool, default False
+        Under data-parallel training: see below.
 
+    Raises
+    ------
+    OSError
+        Naming ``path`` when it cannot be written (its directory missing or not writable,
+        ``path`` a directory, the disk full); the file already at ``path`` is kept.
+
+    Notes
+    -----
     With ``distributed=True`` (data-parallel training under mpiexec), every rank calls
     ``save``: the ranks' parameters are compared by checksum (``RankMismatchError`` on every
     rank if they differ), every rank's dropout generator state is gathered into the file,
@@ -142,6 +214,13 @@ def check_writable(path, name="path"):
     ``path``: its directory exists and is writable, and ``path`` is not a directory.
 
     For a long run to check its checkpoint's place before it trains, not after.
+
+    Parameters
+    ----------
+    path : str or os.PathLike
+        Where the checkpoint will be written.
+    name : str, default "path"
+        The argument's name, for the message.
     """
     path = os.fspath(path)
     folder = os.path.dirname(path) or os.curdir
@@ -201,14 +280,33 @@ def _write(path, arrays):
 def load(path, distributed=False):
     """Read a checkpoint written by ``save``; every name, shape and dtype is checked.
 
-    Every rank of a data-parallel run may load the same file, on any number of ranks.
-    With ``distributed=True``, a file saved by ``save(..., distributed=True)`` on as many
-    ranks as there are now gives each rank its own dropout generator state back (so that
-    the resumed run draws the uninterrupted run's masks); otherwise, and on another number
-    of ranks, the model gets rank 0's.
+    Nothing in the file is unpickled: loading never runs code from it.
 
-    Raises ValueError for a file that is not an rnnfast checkpoint, is truncated or corrupt,
-    has another format version, or whose arrays do not match its model.
+    Parameters
+    ----------
+    path : str or os.PathLike
+        A file written by ``save``.
+    distributed : bool, default False
+        Every rank of a data-parallel run may load the same file, on any number of ranks.
+        With ``distributed=True``, a file saved by ``save(..., distributed=True)`` on as many
+        ranks as there are now gives each rank its own dropout generator state back (so that
+        the resumed run draws the uninterrupted run's masks); otherwise, and on another
+        number of ranks, the model gets rank 0's.
+
+    Returns
+    -------
+    Checkpoint
+        ``.model`` (rebuilt from its saved configuration, with the saved parameters),
+        ``.optimizer_state``, ``.schedule_state``, ``.step``, ``.epoch`` and ``.metadata``.
+        To resume training, build the optimiser on ``.model.params``, give it
+        ``.optimizer_state`` with ``load_state_dict``, and call ``fit`` with
+        ``initial_epoch=.epoch`` (see ``Checkpoint``).
+
+    Raises
+    ------
+    ValueError
+        For a file that is not an rnnfast checkpoint, is truncated or corrupt, has another
+        format version, or whose arrays do not match its model.
     """
     path = os.fspath(path)
     arrays = _read_arrays(path)

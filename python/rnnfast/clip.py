@@ -29,17 +29,41 @@ def _positive(value, name):
 
 
 def global_norm(grads):
-    """The L2 norm of all gradients together (each tensor's sum of squares in its own dtype,
-    their total in float64)."""
+    """The L2 norm of all gradients together.
+
+    Parameters
+    ----------
+    grads : dict of str to ndarray
+        As ``backward`` returns them.
+
+    Returns
+    -------
+    float
+        The square root of the sum of squares of every element (each array's sum in its own
+        dtype, their total in float64).
+    """
     return math.sqrt(sum(float(np.dot(g.ravel(), g.ravel())) for g in _arrays(grads)))
 
 
 def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False):
     """Rescale all gradients together so that their global L2 norm is at most ``max_norm``.
 
-    As ``torch.nn.utils.clip_grad_norm_``: every gradient is multiplied by
-    ``min(1, max_norm / (norm + 1e-6))``. Returns the norm before clipping. With
-    ``error_if_nonfinite=True`` a NaN or infinite norm raises ValueError and changes nothing.
+    As ``torch.nn.utils.clip_grad_norm_``: every gradient is multiplied, in place, by
+    ``min(1, max_norm / (norm + 1e-6))``.
+
+    Parameters
+    ----------
+    grads : dict of str to ndarray
+        As ``backward`` returns them; changed in place.
+    max_norm : positive float
+    error_if_nonfinite : bool, default False
+        When True, a NaN or infinite norm raises ValueError and changes nothing; otherwise
+        such gradients are left as they are (and the norm returned says so).
+
+    Returns
+    -------
+    float
+        The global norm before clipping (``global_norm``).
     """
     _positive(max_norm, "max_norm")
     arrays = _arrays(grads)
@@ -56,7 +80,15 @@ def clip_grad_norm(grads, max_norm, *, error_if_nonfinite=False):
 
 
 def clip_grad_value(grads, clip_value):
-    """Clip every gradient element to [-clip_value, clip_value], in place (min-char-rnn's ±5)."""
+    """Clip every gradient element to [-clip_value, clip_value], in place.
+
+    Parameters
+    ----------
+    grads : dict of str to ndarray
+        As ``backward`` returns them; changed in place.
+    clip_value : positive float
+        E.g. 5, the classic choice of small character-level RNNs.
+    """
     _positive(clip_value, "clip_value")
     for g in _arrays(grads):
         np.clip(g, -clip_value, clip_value, out=g)

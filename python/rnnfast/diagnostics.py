@@ -7,10 +7,10 @@ from the loss, a straight line on a log axis falling to the right is a vanishing
 line rising is an exploding one.
 
 Beside the norms it reports the spectral norm (largest singular value) and spectral radius
-(largest |eigenvalue|) of every ``weight_hh_l{k}``, whole and per gate block, and the
+(largest ``|eigenvalue|``) of every ``weight_hh_l{k}``, whole and per gate block, and the
 sufficient condition for vanishing gradients of Pascanu, Mikolov & Bengio (2013, "On the
 difficulty of training recurrent neural networks", section 2.2): for h_t = f(W_hh h_{t-1} +
-...) with |f'| <= gamma, the Jacobian dh_t/dh_{t-1} = diag(f') W_hh has norm at most
+...) with ``|f'| <= gamma``, the Jacobian dh_t/dh_{t-1} = diag(f') W_hh has norm at most
 gamma * sigma_max(W_hh), so sigma_max(W_hh) < 1/gamma makes ||dL/dh_t|| shrink
 geometrically with the distance from the loss. gamma = 1 for tanh and ReLU, 1/4 for the
 logistic sigmoid. The condition is sufficient, not necessary: it can fail while gradients
@@ -31,7 +31,7 @@ import numpy as np
 from ._recurrent import Recurrent
 from .model import Model
 
-#: gamma, the bound on |f'|, of each nonlinearity (Pascanu et al. 2013).
+#: gamma, the bound on ``|f'|``, of each nonlinearity (Pascanu et al. 2013).
 GAMMA = {"tanh": 1.0, "relu": 1.0, "sigmoid": 0.25}
 
 #: The gate blocks of weight_hh, in order, and the nonlinearity each feeds.
@@ -53,7 +53,7 @@ def spectral(w):
     -------
     dict
         ``spectral_norm``: the largest singular value, ``numpy.linalg.norm(w, 2)``;
-        ``spectral_radius``: the largest |eigenvalue|, or None when ``w`` is not square.
+        ``spectral_radius``: the largest ``|eigenvalue|``, or None when ``w`` is not square.
     """
     w = np.asarray(w, dtype=np.float64)
     if w.size == 0:
@@ -76,7 +76,7 @@ def vanishing_condition(sigma_max, nonlinearity):
     Returns
     -------
     dict
-        ``gamma`` (the bound on |f'|), ``bound`` (1/gamma), ``sigma_max`` and ``holds``
+        ``gamma`` (the bound on ``|f'|``), ``bound`` (1/gamma), ``sigma_max`` and ``holds``
         (True when sigma_max < bound: the gradient must vanish).
     """
     gamma = GAMMA[nonlinearity]

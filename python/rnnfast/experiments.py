@@ -34,7 +34,19 @@ from .train import evaluate, fit, train_sequence
 
 
 def format_table(rows, columns):
-    """Rows (dicts) as a Markdown table of ``columns`` (name -> format spec)."""
+    """Rows (dicts) as a Markdown table.
+
+    Parameters
+    ----------
+    rows : list of dict
+    columns : dict of str to str
+        Column name -> format spec of its values (``format(value, spec)``); None shows as a
+        dash.
+
+    Returns
+    -------
+    str
+    """
     def cell(v, spec):
         if v is None:
             return "—"

@@ -21,8 +21,21 @@ def _layers(model):
 def identity(model, scale=1.0, input_std=None, seed=None):
     """``weight_hh_l{k} = scale * I`` and every bias 0, for every layer.
 
-    ``input_std``: when given, the input weights are redrawn from N(0, input_std**2), as Le et
-    al. do with 0.001; otherwise they keep their initialisation.
+    Parameters
+    ----------
+    model : RNN
+        Usually with ``nonlinearity="relu"`` (the IRNN). Changed in place.
+    scale : float, default 1.0
+    input_std : float, optional
+        When given, the input weights are redrawn from N(0, input_std**2), as Le et al. do
+        with 0.001; otherwise they keep their initialisation.
+    seed : int, optional
+        Seeds that draw.
+
+    Returns
+    -------
+    RNN
+        ``model``.
     """
     if getattr(model, "gates", None) != 1:
         raise TypeError(f"identity initialisation is for RNN models (one gate), got "
@@ -42,7 +55,20 @@ def identity(model, scale=1.0, input_std=None, seed=None):
 
 def orthogonal(model, gain=1.0, seed=None):
     """Every gate's (H, H) block of ``weight_hh_l{k}`` drawn as ``gain`` times a random
-    orthogonal matrix (QR of a Gaussian matrix, signs fixed so the draw is uniform)."""
+    orthogonal matrix (QR of a Gaussian matrix, signs fixed so the draw is uniform).
+
+    Parameters
+    ----------
+    model : RNN, LSTM or GRU
+        Changed in place.
+    gain : float, default 1.0
+    seed : int, optional
+
+    Returns
+    -------
+    RNN, LSTM or GRU
+        ``model``.
+    """
     rng = np.random.default_rng(seed)
     H = model.hidden_size
     for k in _layers(model):
@@ -54,8 +80,22 @@ def orthogonal(model, gain=1.0, seed=None):
 
 
 def forget_bias(model, value=1.0):
-    """Set the LSTM's forget-gate bias to ``value`` (``bias_ih``'s f slice = value,
-    ``bias_hh``'s = 0, so that their sum, the effective bias, is ``value``)."""
+    """Set the LSTM's forget-gate bias to ``value``.
+
+    ``bias_ih``'s f slice is set to ``value`` and ``bias_hh``'s to 0, so that their sum, the
+    effective bias, is ``value``.
+
+    Parameters
+    ----------
+    model : LSTM
+        Built with ``bias=True``; changed in place.
+    value : float, default 1.0
+
+    Returns
+    -------
+    LSTM
+        ``model``.
+    """
     if getattr(model, "gates", None) != 4:
         raise TypeError(f"forget_bias is for LSTM models, got {type(model).__name__}")
     if not model.bias:

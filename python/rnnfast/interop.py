@@ -1,8 +1,8 @@
 """Moving models between rnnfast and PyTorch: weights copied, never shared.
 
-rnnfast's parameters already carry PyTorch's names, shapes and gate order (see DESIGN.md), so
-a conversion is a copy of every array under the same name. PyTorch is optional: it is imported
-inside the functions here, and only when one of them is called.
+rnnfast's parameters already carry PyTorch's names, shapes and gate order (the README's
+"Parameter names"), so a conversion is a copy of every array under the same name. PyTorch is
+optional: it is imported inside the functions here, and only when one of them is called.
 
 - ``from_torch(module)``: ``torch.nn.RNN`` (tanh or relu), ``LSTM`` or ``GRU`` -> ``rnnfast.RNN``,
   ``LSTM`` or ``GRU``;

@@ -6,7 +6,18 @@ batch as well). Steps past a sequence's length (``lengths``) and targets equal t
 ``ignore_index`` count for nothing and get zero gradient.
 
 For a many-to-one task, take the last valid step of every sequence with ``last_step`` and
-give its result to a loss; ``last_step_backward`` sends the gradient back to that step.
+give its result to a loss; ``last_step_backward`` sends the gradient back to that step. That is
+what ``fit(..., loss="cross_entropy_last")`` does to classify sequences
+(``rnnfast.train.sequence_loss`` names every loss ``fit`` takes):
+
+>>> import numpy as np
+>>> from rnnfast import losses
+>>> y = np.zeros((2, 5, 3), dtype=np.float32)           # logits (B, T, C) of every step
+>>> last = losses.last_step(y, lengths=[5, 3])          # (B, C): steps 4 and 2
+>>> loss, dlast = losses.cross_entropy(last, np.array([0, 2]))
+>>> dy = losses.last_step_backward(dlast, [5, 3], T=5)  # (B, T, C), zero elsewhere
+>>> dy.shape
+(2, 5, 3)
 """
 
 import numpy as np
@@ -100,9 +111,21 @@ def cross_entropy(logits, targets, *, ignore_index=-100, reduction="mean", lengt
 def mse(pred, target, *, reduction="mean", lengths=None):
     """Mean-squared error, ``(pred - target)**2`` over every element that counts.
 
-    ``pred`` and ``target`` have the same shape; with ``lengths`` they are (B, T, ...) and
-    steps past a sequence's length count for nothing. "mean" divides by the number of elements
-    that count (PyTorch's ``MSELoss``). Returns ``(loss, dpred)``.
+    Parameters
+    ----------
+    pred : ndarray, float32 or float64
+        Any shape; (B, T, ...) with ``lengths``.
+    target : ndarray
+        The shape of ``pred``; converted to its dtype.
+    reduction : {"mean", "sum"}
+        "mean" divides by the number of elements that count (PyTorch's ``MSELoss``).
+    lengths : (B,) ints, optional
+        Steps t >= lengths[b] count for nothing.
+
+    Returns
+    -------
+    loss : float
+    dpred : ndarray, the shape and dtype of ``pred``
     """
     _reduction(reduction)
     pred = _float_input(pred, "pred")
@@ -127,7 +150,17 @@ def mse(pred, target, *, reduction="mean", lengths=None):
 def last_step(y, lengths=None):
     """Each sequence's output at its last valid step: (B, T, H) -> (B, H).
 
-    Every length must be at least 1: an empty sequence has no last step.
+    Parameters
+    ----------
+    y : ndarray (B, T, H)
+    lengths : (B,) ints, optional
+        Valid steps of each sequence, each at least 1 (an empty sequence has no last step);
+        None takes step T - 1 of every sequence.
+
+    Returns
+    -------
+    ndarray (B, H)
+        ``y[b, lengths[b] - 1]`` for every b.
     """
     y = _float_input(y, "y")
     if y.ndim != 3:
@@ -138,7 +171,21 @@ def last_step(y, lengths=None):
 
 
 def last_step_backward(dlast, lengths, T):
-    """Backward of ``last_step``: (B, H) -> (B, T, H), zero except at the last valid steps."""
+    """Backward of ``last_step``: (B, H) -> (B, T, H), zero except at the last valid steps.
+
+    Parameters
+    ----------
+    dlast : ndarray (B, H)
+        The gradient with respect to ``last_step``'s result.
+    lengths : (B,) ints or None
+        As given to ``last_step``.
+    T : int
+        The number of steps of ``last_step``'s input.
+
+    Returns
+    -------
+    ndarray (B, T, H)
+    """
     dlast = _float_input(dlast, "dlast")
     if dlast.ndim != 2:
         raise ValueError(f"dlast must be 2-D (B, H), got shape {_checks.shape_str(dlast.shape)}")

@@ -173,6 +173,7 @@ class Model:
 
     @property
     def dtype(self):
+        """The dtype of the parameters and of every computation: the recurrent model's."""
         return self.recurrent.dtype
 
     @property
@@ -195,6 +196,8 @@ class Model:
 
     @property
     def params(self):
+        """Every part's live parameter arrays, in one new dict at each access, named
+        ``embedding.weight``, ``recurrent.<name>`` and ``readout.<name>``."""
         return {f"{prefix}.{k}": v for prefix, part in self._parts()
                 for k, v in part.params.items()}
 

@@ -1,4 +1,4 @@
-"""Optimisers with PyTorch's update formulas and defaults, updating parameters in place.
+"""Optimisers with PyTorch's update formulas and defaults, updating parameters in place::
 
     opt = rnnfast.optim.Adam(model.params, lr=1e-3)
     ...
@@ -271,14 +271,17 @@ class _Schedule:
         self.last_epoch = 0
 
     def step(self):
+        """Count one more epoch and set ``optimizer.lr`` to ``lr_at`` it; returns the new lr."""
         self.last_epoch += 1
         self.optimizer.lr = self.lr_at(self.last_epoch)
         return self.optimizer.lr
 
     def state_dict(self):
+        """``base_lr`` and ``last_epoch``, for a checkpoint (``rnnfast.save(schedule=...)``)."""
         return {"base_lr": self.base_lr, "last_epoch": self.last_epoch}
 
     def load_state_dict(self, sd):
+        """Restore what ``state_dict`` returned, and set ``optimizer.lr`` to match."""
         self.base_lr = float(sd["base_lr"])
         self.last_epoch = int(sd["last_epoch"])
         self.optimizer.lr = self.lr_at(self.last_epoch)
@@ -294,6 +297,7 @@ class StepLR(_Schedule):
         self.step_size, self.gamma = step_size, gamma
 
     def lr_at(self, epoch):
+        """The learning rate after ``epoch`` calls of ``step()``."""
         return self.base_lr * self.gamma ** (epoch // self.step_size)
 
 
@@ -305,6 +309,7 @@ class ExponentialLR(_Schedule):
         self.gamma = gamma
 
     def lr_at(self, epoch):
+        """The learning rate after ``epoch`` calls of ``step()``."""
         return self.base_lr * self.gamma ** epoch
 
 
@@ -318,5 +323,6 @@ class CosineAnnealingLR(_Schedule):
         self.T_max, self.eta_min = T_max, eta_min
 
     def lr_at(self, epoch):
+        """The learning rate after ``epoch`` calls of ``step()``."""
         return self.eta_min + (self.base_lr - self.eta_min) * (
             1 + math.cos(math.pi * epoch / self.T_max)) / 2

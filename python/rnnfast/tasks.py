@@ -17,7 +17,19 @@ def adding_problem(n, T, seed=None, dtype=np.float32):
     1/6 ≈ 0.167 (``ADDING_BASELINE_MSE``); beating it means carrying a value across up to T
     steps.
 
-    Returns ``x`` (n, T, 2) and ``y`` (n, 1).
+    Parameters
+    ----------
+    n : int
+        Number of sequences.
+    T : int
+        Steps per sequence, at least 2.
+    seed : int, optional
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    x : ndarray (n, T, 2)
+    y : ndarray (n, 1)
     """
     n = _checks.positive_int(n, "n")
     T = _checks.positive_int(T, "T")
@@ -44,7 +56,21 @@ def delayed_recall(n, T, delay, seed=None, dtype=np.float32):
     of 1 on the steps t >= delay; getting it right needs the state to carry each sign for
     ``delay`` steps, which truncated BPTT can learn only when its window spans them.
 
-    Returns ``x`` (n, T, 1) and ``y`` (n, T, 1).
+    Parameters
+    ----------
+    n : int
+        Number of sequences.
+    T : int
+        Steps per sequence.
+    delay : int
+        How many steps back each target looks.
+    seed : int, optional
+    dtype : numpy dtype, default float32
+
+    Returns
+    -------
+    x : ndarray (n, T, 1)
+    y : ndarray (n, T, 1)
     """
     n = _checks.positive_int(n, "n")
     T = _checks.positive_int(T, "T")

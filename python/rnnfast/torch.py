@@ -3,7 +3,7 @@
 Change one line of a PyTorch script, ``torch.nn.LSTM(...)`` -> ``rnnfast.torch.LSTM(...)``,
 and keep the rest: the constructor, parameters, ``state_dict``, ``forward(input, hx)`` and
 what it returns are torch.nn's (the classes subclass torch.nn's, so ``isinstance(m,
-torch.nn.LSTM)`` holds); the forward and backward passes run rnnfast's compiled time loops.
+torch.nn.LSTM)`` holds); the forward and backward passes run rnnfast's compiled time loops::
 
     import rnnfast.torch
     rnn = rnnfast.torch.LSTM(64, 128, num_layers=2, batch_first=True, dropout=0.2)

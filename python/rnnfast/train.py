@@ -18,6 +18,8 @@ import numpy as np
 from . import _checks, clip, losses
 from .embedding import as_ids, refuse_ids
 
+#: The names ``fit``, ``evaluate`` and ``train_sequence`` take as ``loss`` (see
+#: ``sequence_loss``).
 LOSSES = ("cross_entropy", "mse", "cross_entropy_last", "mse_last")
 
 
@@ -28,11 +30,58 @@ class NonFiniteError(FloatingPointError):
 def sequence_loss(kind, logits, targets, lengths=None, reduction="mean"):
     """The loss named ``kind`` and its gradient with respect to ``logits``.
 
-    For per-step logits (B, T, C): ``"cross_entropy"`` and ``"mse"`` count every valid step;
-    ``"cross_entropy_last"`` and ``"mse_last"`` (many-to-one) only each sequence's last valid
-    step, with targets (B,) or (B, C) for the MSE. For the per-sequence logits (B, C) of a
-    pooled model: ``"cross_entropy"`` with targets (B,), ``"mse"`` with targets (B, C), and
-    ``lengths`` None (the pool has used them).
+    These are the losses that ``fit``, ``evaluate`` and ``train_sequence`` take by name.
+
+    Parameters
+    ----------
+    kind : {"cross_entropy", "mse", "cross_entropy_last", "mse_last"}
+        For per-step logits (B, T, C):
+
+        - ``"cross_entropy"``: softmax cross-entropy at every valid step, with integer class
+          targets (B, T) (``-100`` ignores a step); a sequence tagger or a language model.
+        - ``"mse"``: mean-squared error at every valid step, targets (B, T, C).
+        - ``"cross_entropy_last"``: classification of whole sequences (many-to-one): the
+          cross-entropy of each sequence's logits at its last valid step (step
+          ``lengths[b] - 1``, or T - 1), with one integer class per sequence, targets (B,).
+          The other steps get zero gradient, so the whole sequence is read before the
+          decision and BPTT carries the gradient back from that step alone.
+        - ``"mse_last"``: regression from the last valid step, targets (B, C).
+
+        For the per-sequence logits (B, C) of a pooled ``Model``: ``"cross_entropy"`` with
+        targets (B,) or ``"mse"`` with targets (B, C) (the ``"_last"`` losses are refused by
+        ``fit`` there: the pool has already chosen the step).
+    logits : ndarray (B, T, C), or (B, C)
+        The model's output.
+    targets : ndarray
+        Shapes as above; class indices are integers in [0, C).
+    lengths : array-like of ints, shape (B,), optional
+        Valid steps of each sequence; steps past them count for nothing. None for
+        per-sequence logits (the pool has used them).
+    reduction : {"mean", "sum"}, default "mean"
+        "mean" divides by the number of terms that count (PyTorch's default); "sum" is the
+        textbook's E = sum over t of E_t.
+
+    Returns
+    -------
+    loss : float
+    dlogits : ndarray
+        The gradient of ``loss`` with respect to ``logits``, of their shape and dtype: what
+        the model's ``backward`` takes.
+
+    See Also
+    --------
+    rnnfast.losses.cross_entropy, rnnfast.losses.mse, rnnfast.losses.last_step
+
+    Examples
+    --------
+    Classify sequences from their last step:
+
+    >>> import numpy as np, rnnfast
+    >>> logits = np.zeros((2, 5, 3), dtype=np.float32)      # (B, T, C)
+    >>> loss, dlogits = rnnfast.train.sequence_loss("cross_entropy_last", logits,
+    ...                                             np.array([0, 2]), lengths=[5, 3])
+    >>> round(loss, 4), dlogits.shape, bool(dlogits[1, 3:].any())
+    (1.0986, (2, 5, 3), False)
     """
     if kind == "cross_entropy":
         return losses.cross_entropy(logits, targets, reduction=reduction, lengths=lengths)
@@ -215,16 +264,22 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     ----------
     model : Model
         Or anything with ``forward``/``backward``/``params`` like it.
-    optimizer : an ``rnnfast.optim`` optimiser over ``model.params``
-    x : ndarray (B, T, D) of real features; integer ids (B, T) when the model starts with an
-        ``Embedding`` (integers are refused otherwise)
-    targets : per-step targets (B, T) for cross-entropy, (B, T, C) for MSE; for the
-        many-to-one losses (B,) or (B, C). For a model with a pool (``Model(..., pool=...)``),
-        whose logits are one (B, C) per sequence: ``"cross_entropy"`` with class indices (B,)
-        or ``"mse"`` with targets (B, C); the ``"_last"`` losses are refused there.
-    lengths : (B,) ints, optional
-    state : the initial state, optional (zeros)
-    loss : one of ``LOSSES``
+    optimizer : rnnfast.optim.Optimizer
+        An optimiser over ``model.params``.
+    x : ndarray
+        (B, T, D) real features; integer ids (B, T) when the model starts with an
+        ``Embedding`` (integers are refused otherwise).
+    targets : ndarray
+        Per-step targets (B, T) for cross-entropy, (B, T, C) for MSE; for the many-to-one
+        losses (B,) or (B, C). For a model with a pool (``Model(..., pool=...)``), whose
+        logits are one (B, C) per sequence: ``"cross_entropy"`` with class indices (B,) or
+        ``"mse"`` with targets (B, C); the ``"_last"`` losses are refused there.
+    lengths : array-like of ints, shape (B,), optional
+        Valid steps of each sequence.
+    state : optional
+        The initial state, in the recurrent model's form; zeros when None.
+    loss : str, default "cross_entropy"
+        One of ``LOSSES``; see ``sequence_loss``.
     k1, k2 : int, optional
         Truncation: update every k1 steps, backpropagating through k2 >= k1 steps. Both
         default to T (full BPTT); k2 defaults to k1. A model with a pool trains by full BPTT
@@ -240,8 +295,10 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
 
     Returns
     -------
-    dict with ``loss`` (mean over the windows that updated), ``state`` (after the last step),
-    ``updates``, ``skipped``, ``grad_norm`` (the last update's norm before clipping).
+    dict
+        ``loss`` (the mean over the windows that updated), ``state`` (after the last step),
+        ``updates`` and ``skipped`` (counts of windows), ``grad_norm`` (the last update's
+        global norm before clipping).
     """
     return _train_sequence(model, optimizer, x, targets, lengths, state, loss=loss, k1=k1,
                            k2=k2, clip_norm=clip_norm, clip_value=clip_value,
@@ -414,7 +471,39 @@ def _check_data(data, name, dtype):
 def evaluate(model, data, loss="cross_entropy", batch_size=256):
     """Mean loss over ``data`` (and accuracy for the cross-entropy losses), inference only.
 
-    ``data`` and ``loss`` as for ``fit`` (targets per sequence for a model with a pool).
+    The model runs as ``model(x, None, lengths)``: no dropout, nothing kept for backward, the
+    parameters unchanged. Each batch starts from the zero state.
+
+    Parameters
+    ----------
+    model : Model
+        Or anything called as ``logits, state = model(x, state, lengths)``.
+    data : tuple or iterable
+        As for ``fit``: ``(x, targets)`` or ``(x, targets, lengths)`` arrays, taken in order
+        in batches of ``batch_size`` rows, or an iterable of such batches. Targets per step,
+        or per sequence for the ``"_last"`` losses and for a model with a pool.
+    loss : str, default "cross_entropy"
+        One of ``LOSSES`` (see ``sequence_loss``), with the ``"mean"`` reduction.
+    batch_size : int, default 256
+        Rows per forward call when ``data`` is a tuple of arrays.
+
+    Returns
+    -------
+    dict
+        ``loss``: the mean of the batches' mean losses, each weighted by its number of rows
+        (NaN for empty data). With a cross-entropy loss also ``accuracy``: the fraction of the
+        predictions that count (the argmax of the logits, at every valid step whose target
+        is not -100, or at each sequence's last step for ``"cross_entropy_last"`` and
+        per-sequence logits) that equal their targets.
+
+    Examples
+    --------
+    >>> import numpy as np, rnnfast
+    >>> model = rnnfast.Model(rnnfast.GRU(3, 8, seed=0), rnnfast.Linear(8, 2, seed=1))
+    >>> x = np.zeros((10, 6, 3), dtype=np.float32)
+    >>> y = np.zeros(10, dtype=np.int64)                  # one class per sequence
+    >>> sorted(rnnfast.evaluate(model, (x, y), loss="cross_entropy_last"))
+    ['accuracy', 'loss']
     """
     _check_data(data, "data", model.dtype)
     _check_loss(model, loss)
@@ -525,14 +614,33 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         initial_epoch=0, backward_options=None, distributed=False):
     """Train ``model`` for ``epochs`` passes over ``data``; returns the history.
 
+    Every batch is one call of ``train_sequence``: forward, the loss, BPTT (full, or
+    truncated with ``k1``/``k2``), clipping and one optimiser step per window. The model's
+    ``params`` are updated in place.
+
     Parameters
     ----------
-    data : (x, targets) or (x, targets, lengths) arrays, split into batches of ``batch_size``
-        rows (shuffled each epoch when ``shuffle``); or an iterable of such batches, used as
-        it comes (re-iterated every epoch, so pass a list or a re-iterable object). ``x`` is
-        (N, T, D) real features, or (N, T) integer ids for a model that starts with an
-        ``Embedding``. Targets are per step, or per sequence for the ``"_last"`` losses and
-        for a model with a pool (see ``train_sequence``).
+    model : Model
+        Usually a ``Model`` (a recurrent stack and its read-out); anything with
+        ``forward``/``backward``/``params`` like it.
+    optimizer : rnnfast.optim.Optimizer
+        An optimiser over ``model.params``.
+    data : tuple or iterable
+        ``(x, targets)`` or ``(x, targets, lengths)`` arrays, split into batches of
+        ``batch_size`` rows (shuffled each epoch when ``shuffle``); or an iterable of such
+        batches, used as it comes (re-iterated every epoch, so pass a list or a re-iterable
+        object). ``x`` is (N, T, D) real features, or (N, T) integer ids for a model that
+        starts with an ``Embedding``. Targets are per step, or per sequence for the
+        ``"_last"`` losses and for a model with a pool (see ``train_sequence``).
+    epochs : int, default 1
+    batch_size : int, default 32
+    loss : str, default "cross_entropy"
+        One of ``LOSSES``: ``"cross_entropy"`` (per step, or per sequence with a pool),
+        ``"mse"``, ``"cross_entropy_last"`` (one class per sequence, from its last valid
+        step: sequence classification), ``"mse_last"``. See ``sequence_loss``.
+    k1, k2, clip_norm, clip_value, on_nonfinite, backward_options
+        As for ``train_sequence``.
+    shuffle : bool, default True
     seed : int
         Seeds the shuffling of each epoch (from ``seed`` and the epoch's number, so a run
         resumed at ``initial_epoch`` shuffles as the uninterrupted run did). The same seed
@@ -542,11 +650,15 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     patience : int, optional
         Early stopping: stop after ``patience`` epochs without a better validation loss, and
         put back the parameters of the best epoch.
-    callbacks : callables ``f(epoch, logs)``
+    callbacks : sequence of callables ``f(epoch, logs)``
         Called after every epoch with that epoch's record; returning True stops training.
-    schedule : an ``rnnfast.optim`` schedule, optional; stepped after every epoch.
-    progress : bool
+    progress : bool, default True
         A tqdm bar per epoch with the loss, throughput (timesteps/s) and ETA.
+    schedule : rnnfast.optim.StepLR, ExponentialLR or CosineAnnealingLR, optional
+        Stepped after every epoch.
+    initial_epoch : int, default 0
+        The number of epochs already done, when resuming from a checkpoint: epochs are
+        numbered from it, and the shuffling continues as in the uninterrupted run.
     distributed : bool
         Data-parallel training over MPI (``mpiexec -n N python script.py``; needs
         ``pip install "rnnfast[mpi]"``, else ImportError). Every rank calls ``fit`` with the
@@ -566,12 +678,28 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         checkpoint, call ``rnnfast.save(..., distributed=True)`` on every rank (a callback
         does: callbacks run on every rank) and resume with ``rnnfast.load`` on every rank and
         ``initial_epoch``. See docs/distributed.md.
-    The other arguments are ``train_sequence``'s.
 
     Returns
     -------
-    list of dicts, one per epoch: ``epoch``, ``loss``, ``updates``, ``skipped``, ``seconds``,
-    ``timesteps_per_second`` and, with validation, ``val_loss`` (``val_accuracy``).
+    list of dict
+        One per epoch: ``epoch`` (counted from 1), ``loss`` (the mean of the batches'
+        losses), ``updates``, ``skipped``, ``seconds``, ``timesteps_per_second`` and, with
+        validation, ``val_loss`` and, for cross-entropy, ``val_accuracy``.
+
+    Examples
+    --------
+    Classify sequences by their last step (many-to-one), then resume from a checkpoint:
+
+    >>> import numpy as np, rnnfast
+    >>> rng = np.random.default_rng(0)
+    >>> x = rng.standard_normal((64, 10, 3)).astype(np.float32)
+    >>> y = (x[:, :, 0].sum(axis=1) > 0).astype(np.int64)
+    >>> model = rnnfast.Model(rnnfast.GRU(3, 16, seed=0), rnnfast.Linear(16, 2, seed=1))
+    >>> opt = rnnfast.optim.Adam(model.params, lr=1e-2)
+    >>> history = rnnfast.fit(model, opt, (x, y), epochs=2, loss="cross_entropy_last",
+    ...                       progress=False)
+    >>> [h["epoch"] for h in history]
+    [1, 2]
     """
     _check_data(data, "data", model.dtype)
     if validation is not None:
