@@ -3,7 +3,8 @@
 One worker process per kernel (RNNFAST_KERNEL names it; python/rnnfast/_kernels.py), all
 alive at once and each asked in turn, round robin, for a few timed repeats of the same step
 (one layer's forward and backward, float32, the default suite's step: rnnfast.bench), so that
-the machine's drift falls on every kernel alike. Prints the median time per kernel and its
+the machine's drift falls on every kernel alike. Times are comparable within a run, not with
+bench/run.py's, which runs one process at a time. Prints the median time per kernel and its
 ratio to the fastest kernel, per config and cell; --json keeps everything.
 
     python bench/kernels.py                                    # every config, cell, kernel
@@ -63,8 +64,11 @@ def _start(kernel, threads):
     from rnnfast import bench
     env = dict(os.environ, **bench.thread_env(threads), RNNFAST_KERNEL=kernel,
                RNNFAST_BENCH_THREADS=str(threads))
+    # Pinned to the same cores as bench/run.py's workers: unpinned, a step moved between the
+    # cores whenever another process woke, and read up to 1.5x slower.
     proc = subprocess.Popen([sys.executable, __file__, "--worker"], env=env, text=True,
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            preexec_fn=bench._pin(threads))
     assert json.loads(proc.stdout.readline())["kernel"] == kernel
     return proc
 

@@ -16,8 +16,10 @@
 // helper so costs the caller nothing but the handing over, and results never depend on it.
 #pragma once
 
+#if !defined(_WIN32)  // Windows has neither fork() nor POSIX signal masks: nothing to do there
 #include <pthread.h>
 #include <signal.h>
+#endif
 
 #include <atomic>
 #include <chrono>
@@ -94,8 +96,10 @@ class Helper {
     std::lock_guard<std::mutex> lock(starting);
     // In a child the helper's thread is gone (only the forking thread survives), and its
     // lock may be held for good: forget it, and start another there if the child needs one.
+#if !defined(_WIN32)
     static const int registered = pthread_atfork(nullptr, nullptr, [] { instance() = nullptr; });
     (void)registered;
+#endif
     if (instance() == nullptr) {
       try {
         instance() = new Helper();  // never deleted: it outlives every caller, even at exit
@@ -171,9 +175,11 @@ class Helper {
   }
 
   void loop() {
+#if !defined(_WIN32)
     sigset_t all;  // signals go to the interpreter's threads, never here
     sigfillset(&all);
     pthread_sigmask(SIG_BLOCK, &all, nullptr);
+#endif
 #if defined(__linux__)
     pthread_setname_np(pthread_self(), "rnnfast-helper");
 #endif
