@@ -7,9 +7,13 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cmath>
+#include <cstdint>
 #include <functional>
 #include <memory>
+#include <new>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -17,10 +21,14 @@
 #include <vector>
 
 #include "buffers.hpp"
-#include "common.hpp"
 #include "gru.hpp"
+#include "helper.hpp"
+#include "layer.hpp"
 #include "lstm.hpp"
 #include "rnn.hpp"
+#include "step_options.hpp"
+#include "threads.hpp"
+#include "views.hpp"
 
 #ifndef RNNFAST_MODULE
 #define RNNFAST_MODULE _core
@@ -587,7 +595,7 @@ PYBIND11_MODULE(RNNFAST_MODULE, m) {
   m.def("all_finite", &all_finite<double>, py::arg("a").noconvert(),
         "True when no element of the 1-D array a is NaN or infinite.");
 
-  // rnnfast's own threads (batch split of a layer call, common.hpp split_count) and, in OpenMP
+  // rnnfast's own threads (batch split of a layer call, threads.hpp split_count) and, in OpenMP
   // builds, Eigen's: set together.
   rnnfast::num_threads().store(std::max(1, Eigen::nbThreads()));
   m.def("set_num_threads", [](int n) {

@@ -4,7 +4,7 @@
 //   a_hn = W_hn h_{t-1} + b_hn
 //   n = tanh(W_in x_t + b_in + r ⊙ a_hn)
 //   h_t = (1 − z) ⊙ n + z ⊙ h_{t-1}
-// Letters as in common.hpp; G = 3.
+// Letters as in views.hpp; G = 3.
 //
 // The reset gate multiplies W_hn h + b_hn (PyTorch's and cuDNN's variant), not h before W_hn
 // (Cho et al. 2014). So b_hn cannot join the input projection as the other biases do, and the
@@ -18,7 +18,17 @@
 // and then h_{t-1} means the state after step t + 1 (state_before).
 #pragma once
 
-#include "common.hpp"
+#include <cstdint>
+
+#include "elementwise.hpp"
+#include "helper.hpp"
+#include "layer.hpp"
+#include "products.hpp"
+#include "staged.hpp"
+#include "step_options.hpp"
+#include "threads.hpp"
+#include "views.hpp"
+#include "window_grads.hpp"
 
 namespace rnnfast::gru {
 
@@ -44,7 +54,7 @@ struct Workspace {  // backward's buffers, sized once per call before the loop
   T* h_prev;        // (B, H): h_{t-1} where it mixes saved and initial rows (state_before)
 };
 
-// One sequence's step of forward, N elements from each pointer (see common.hpp by_packets):
+// One sequence's step of forward, N elements from each pointer (see elementwise.hpp by_packets):
 // the row a = [a_r a_z a_in] of the input side, activated in place to [r z n], with ah the
 // recurrent terms h_{t-1} W_hh^T of all three gates and b_hn that of n's bias (nullptr: none);
 // writes a_hn and h_t, and h_run = h_t unless h_run is nullptr (h_run may be h_prev).
@@ -88,7 +98,7 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
     auto h_t = at_step(y, B, T_, H, t);
     recurrent.assign(ah, h);  // all three gates in one product
     if (H <= kPacketRowsUpTo) {
-      // One pass over each row, a packet at a time (common.hpp by_packets).
+      // One pass over each row, a packet at a time (elementwise.hpp by_packets).
       const T* b_hn = w.b_hh != nullptr ? w.b_hh + 2 * H : nullptr;
       for (Index b = 0; b < B; ++b) {
         T *a_b = a.data() + b * a.outerStride(), *h_b = h_t.data() + b * h_t.outerStride(),
@@ -127,7 +137,7 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
   }
 }
 
-// The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
+// The whole forward, its batch split over threads as in lstm::forward (threads.hpp split_count).
 template <typename T>
 void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const LayerWeights<T>& w,
              const std::int64_t* lengths, bool reverse, const ForwardWorkspace<T>& ws,
@@ -146,7 +156,7 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
   });
 }
 
-// One sequence's step of backward, N elements from each pointer (see common.hpp by_packets):
+// One sequence's step of backward, N elements from each pointer (see elementwise.hpp by_packets):
 // from dL/dh_t (dh_total) and the step's rows of gates ([r z n]) and a_hn, with h_prev =
 // h_{t-1}, to da = [da_r da_z da_in], the gradient of the input side's pre-activations, and
 // dah = [da_r da_z d(a_hn)], that of the recurrent side's.
@@ -210,7 +220,7 @@ void backward_rows(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, con
     dh_total = dh + at_step(dy, B, T_, H, t);  // h_t feeds both the loss at t and step t+1
     if (opt.active()) clip_rows_and_norms(dh_total, opt, lengths, t, T_);
     if (H <= kPacketRowsUpTo) {
-      // One pass over each row, a packet at a time (common.hpp by_packets).
+      // One pass over each row, a packet at a time (elementwise.hpp by_packets).
       for (Index b = 0; b < B; ++b) {
         T *da_b = da.data() + b * da.outerStride(), *dah_b = dah.data() + b * 3 * H;
         const T *gate = gt.data() + b * gt.outerStride(),

@@ -1,9 +1,9 @@
 // The helper thread: a second core for a layer call whose batch cannot be split over threads
-// (common.hpp split_count = 1: batch 1, the online config). There the time loop is serial, one
+// (threads.hpp split_count = 1: batch 1, the online config). There the time loop is serial, one
 // step after the other, but the products outside the recurrence are not: the input side of the
 // steps ahead of the loop (InputSide) and backward's window products behind it (WindowGrads)
 // can run on the other core while the loop goes on. When the batch is split, the helper runs
-// the second chunk (common.hpp parallel_chunks).
+// the second chunk (threads.hpp parallel_chunks).
 //
 // Starting a thread per call cost ~67 µs on this machine, and waking one that sleeps on a
 // condition variable ~75 µs (~11 µs of it in the caller), against ~150 µs for a whole online

@@ -3,7 +3,7 @@
 //   i, f, g, o = σ(a_i), σ(a_f), tanh(a_g), σ(a_o)
 //   c_t = f ⊙ c_{t-1} + i ⊙ g
 //   h_t = o ⊙ tanh(c_t)
-// Letters as in common.hpp; G = 4.
+// Letters as in views.hpp; G = 4.
 //
 // Backward needs x, h0, c0, y and, per step, the activated gates and c_t: 5 floats per
 // (b, t, unit) beyond y. h_{t-1} is y at t-1 and c_{t-1} is c at t-1 (valid steps are a
@@ -17,7 +17,20 @@
 // m_t is recomputed in backward from the saved o and c_t, as tanh(c_t) is.
 #pragma once
 
-#include "common.hpp"
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+
+#include "buffers.hpp"
+#include "elementwise.hpp"
+#include "helper.hpp"
+#include "layer.hpp"
+#include "products.hpp"
+#include "staged.hpp"
+#include "step_options.hpp"
+#include "threads.hpp"
+#include "views.hpp"
+#include "window_grads.hpp"
 
 namespace rnnfast::lstm {
 
@@ -100,7 +113,7 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
     // where o ⊙ tanh(c_t) goes: h_t itself, or m_t before its projection
     auto m_t = projected ? StepMap<T>(m_buf.data(), B, H, Eigen::OuterStride<>(H)) : h_t;
     if (H <= kPacketRowsUpTo) {
-      // One pass over each row, a packet at a time (common.hpp by_packets).
+      // One pass over each row, a packet at a time (elementwise.hpp by_packets).
       for (Index b = 0; b < B; ++b) {
         T *a_b = a.data() + b * a.outerStride(), *c_b = c_t.data() + b * c_t.outerStride(),
           *m_b = m_t.data() + b * m_t.outerStride(), *h_run = h.data() + b * S,

@@ -1,13 +1,23 @@
 // Vanilla RNN layer, forward and backward through time.
 //   h_t = f(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh),  f = tanh or relu
-// Letters as in common.hpp; G = 1.
+// Letters as in views.hpp; G = 1.
 //
 // What backward needs is x, h0 and the outputs y: h_t = y[:, t] on every valid step and
 // f'(a_t) is a function of h_t. So the layer keeps no cache of its own.
 // Both directions of a bidirectional layer run these loops: `reverse` walks time down (Walk).
 #pragma once
 
-#include "common.hpp"
+#include <cstdint>
+#include <type_traits>
+
+#include "helper.hpp"
+#include "layer.hpp"
+#include "products.hpp"
+#include "staged.hpp"
+#include "step_options.hpp"
+#include "threads.hpp"
+#include "views.hpp"
+#include "window_grads.hpp"
 
 namespace rnnfast::rnn {
 
@@ -62,7 +72,7 @@ void forward_rows(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& 
   }
 }
 
-// The whole forward, its batch split over threads as in lstm::forward (common.hpp split_count).
+// The whole forward, its batch split over threads as in lstm::forward (threads.hpp split_count).
 template <typename T>
 void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
              const std::int64_t* lengths, Activation f, bool reverse, const Dims& d) {

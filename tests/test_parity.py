@@ -25,25 +25,25 @@ CONFIGS = [
     (5, 8, 3, 7, 3, "partial", True),
     (3, 6, 2, 5, 2, "partial", False),
     (1, 30, 8, 16, 2, "none", True),
-    # batch 1's forward reads a tiled transposed copy of W_hh (common.hpp transpose_into):
+    # batch 1's forward reads a tiled transposed copy of W_hh (products.hpp transpose_into):
     # 13 units leave a remainder of both rows and columns after the 8 x 8 / 4 x 4 tiles
     (1, 9, 5, 13, 1, "none", True),
     (16, 12, 10, 32, 1, "partial", True),
-    # several of backward's windows (common.hpp WindowGrads: ceil(1024 / B) steps each)
+    # several of backward's windows (window_grads.hpp WindowGrads: ceil(1024 / B) steps each)
     (100, 25, 3, 4, 1, "partial", True),
     (1100, 3, 2, 3, 2, "none", True),
-    # the input side written 16 steps ahead of the loop, 12 in the last chunk (common.hpp
+    # the input side written 16 steps ahead of the loop, 12 in the last chunk (products.hpp
     # InputSide: steps of <= 16 KiB, arrays of > 1 MiB)
     (2, 1100, 3, 128, 1, "partial", True),
     # rows of more than 256 units go through chains of Eigen expressions instead of packet
-    # loops (common.hpp kPacketRowsUpTo); 256 is the longest packet row
+    # loops (elementwise.hpp kPacketRowsUpTo); 256 is the longest packet row
     (3, 5, 4, 257, 1, "partial", True),
     (2, 4, 3, 256, 1, "none", True),
     # batch 1 at 1 thread: one window would be all T steps in over 64 KiB, so two of
-    # ceil(T / 2) = 151 and 150 steps (common.hpp WindowGrads::window_steps), every cell
+    # ceil(T / 2) = 151 and 150 steps (window_grads.hpp WindowGrads::window_steps), every cell
     (1, 301, 3, 64, 1, "full", True),
     # the RNN's and LSTM's backward read a copy of their per-step arrays, made a few steps at a
-    # time (common.hpp StagedSteps: arrays of >= 4 MiB). At 1 thread, float32: 13 MiB of LSTM
+    # time (staged.hpp StagedSteps: arrays of >= 4 MiB). At 1 thread, float32: 13 MiB of LSTM
     # arrays, 21 steps a copy; 4.3 MiB of RNN arrays, 64 steps a copy, the last 12. At 2
     # threads (chunks of 4 sequences) the LSTM's in both dtypes and the RNN's in float64
     (8, 1100, 3, 64, 1, "partial", True),

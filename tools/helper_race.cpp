@@ -1,6 +1,6 @@
 // Every cell's forward and backward on two threads, the calls that hand work to the helper
 // thread (cpp/helper.hpp): at batch 1 its share of the products, at batch 8 the second half
-// of the batch (common.hpp parallel_chunks). For ThreadSanitizer: built and run by
+// of the batch (threads.hpp parallel_chunks). For ThreadSanitizer: built and run by
 // tools/tsan.sh. Each call runs three times and must give the same bits each time (which
 // thread ran which chunk or window changes from call to call); TSan reports any data race it
 // sees on the way.
