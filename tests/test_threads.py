@@ -2,10 +2,12 @@
 over n threads (cpp/common.hpp split_count); one whose batch is not split, as at batch 1, hands
 the products outside its time loop to a helper thread (cpp/helper.hpp). Both must match the
 NumPy reference like the serial path, repeat bit for bit, and leave the serial (n = 1) results
-untouched."""
+untouched. NumPy's BLAS inside rnnfast's read-out runs at _blas.blas_threads() threads and the
+user's BLAS settings are given back after every call (the tests at the end)."""
 
 import numpy as np
 import pytest
+import threadpoolctl
 
 import rnnfast
 from support import make, random_lengths, rel_err, run_step, state_like
@@ -267,3 +269,167 @@ def test_omp_num_threads_sets_the_default_at_import():
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
                              text=True, check=True).stdout.strip()
         assert out == want, (value, out)
+
+
+# NumPy's BLAS inside rnnfast's calls (rnnfast/_blas.py): the read-out's products run with at
+# most _blas.blas_threads() BLAS threads, and the user's counts are given back afterwards.
+def _blas_counts():
+    return [lib["num_threads"] for lib in threadpoolctl.threadpool_info()
+            if lib["user_api"] == "blas"]
+
+
+@pytest.fixture
+def blas_at_3():
+    """NumPy's BLAS set to 3 threads, a count no default gives on a small machine (so that a
+    restore to the default would show), and given back after the test."""
+    if not _blas_counts():
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy")
+    with threadpoolctl.threadpool_limits(limits=3, user_api="blas"):
+        assert _blas_counts() == [3] * len(_blas_counts())
+        yield 3
+
+
+class _Spy(np.ndarray):
+    """A weight that records NumPy's BLAS thread counts whenever it takes part in a product."""
+
+    seen = []
+
+    def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
+        if ufunc is np.matmul:
+            _Spy.seen.append(_blas_counts())
+        inputs = tuple(a.view(np.ndarray) if isinstance(a, _Spy) else a for a in inputs)
+        return getattr(ufunc, method)(*inputs, **kwargs)
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_readout_products_run_at_rnnfast_blas_threads(threads, blas_at_3, n):
+    from rnnfast import _blas
+    threads(n)
+    assert 1 <= _blas.blas_threads() <= rnnfast.get_num_threads()
+    model = rnnfast.Model(rnnfast.LSTM(6, 8, seed=0), rnnfast.Linear(8, 5, seed=1))
+    model.readout.params["weight"] = model.readout.params["weight"].view(_Spy)
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3, 4, 6)).astype(np.float32)
+    _Spy.seen = []
+    logits, _, cache = model.forward(x)
+    assert _blas_counts() == [blas_at_3] * len(_blas_counts())  # given back
+    model.backward(cache, np.ones_like(logits))
+    assert _blas_counts() == [blas_at_3] * len(_blas_counts())
+    want = [_blas.blas_threads()] * len(_blas_counts())
+    assert _Spy.seen == [want, want]  # forward's x W^T and backward's dy W
+
+
+def test_readout_results_unchanged_by_the_limit(monkeypatch):
+    import contextlib
+
+    from rnnfast import _blas
+    rng = np.random.default_rng(1)
+    lin = rnnfast.Linear(64, 96, seed=2)
+    x = rng.standard_normal((16, 40, 64)).astype(np.float32)
+    dy = rng.standard_normal((16, 40, 96)).astype(np.float32)
+    y, cache = lin.forward(x)
+    dx, grads = lin.backward(cache, dy)
+    monkeypatch.setattr(_blas, "LIMITED", contextlib.nullcontext())
+    y0, cache0 = lin.forward(x)
+    dx0, grads0 = lin.backward(cache0, dy)
+    w = lin.params["weight"]
+    np.testing.assert_allclose(y, x @ w.T + lin.params["bias"], rtol=1e-5, atol=1e-5)
+    for got, want in [(y, y0), (dx, dx0), (grads["weight"], grads0["weight"]),
+                      (grads["bias"], grads0["bias"])]:
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_a_lower_user_count_is_kept():
+    """Inside rnnfast's calls BLAS may use fewer threads than the user allowed, never more."""
+    from rnnfast import _blas
+    if not _blas_counts():
+        pytest.skip("threadpoolctl finds no BLAS library in this NumPy")
+    with threadpoolctl.threadpool_limits(limits=1, user_api="blas"):
+        with _blas.LIMITED:
+            assert max(_blas_counts()) <= 1
+        assert _blas_counts() == [1] * len(_blas_counts())
+
+
+def test_limit_given_back_after_an_error(blas_at_3):
+    from rnnfast import _blas
+    with pytest.raises(ZeroDivisionError):
+        with _blas.LIMITED:
+            assert _blas_counts() == [_blas.blas_threads()] * len(_blas_counts())
+            1 / 0
+    assert _blas_counts() == [3] * len(_blas_counts())
+
+
+def test_sections_nest_and_overlap_across_threads(blas_at_3):
+    """The first section to open lowers the counts, the last to close gives them back, in
+    whichever Python threads they run; a section that closes while another is open leaves
+    the counts lowered."""
+    import threading
+
+    from rnnfast import _blas
+    low = [_blas.blas_threads()] * len(_blas_counts())
+    entered, leave = threading.Event(), threading.Event()
+
+    def other():
+        with _blas.LIMITED:
+            entered.set()
+            leave.wait(10)
+
+    t = threading.Thread(target=other)
+    with _blas.LIMITED:
+        with _blas.LIMITED:
+            t.start()
+            assert entered.wait(10)
+        assert _blas_counts() == low
+    assert _blas_counts() == low  # the other thread's section is still open
+    leave.set()
+    t.join(10)
+    assert _blas_counts() == [3] * len(_blas_counts())
+
+
+def test_concurrent_readouts_give_the_counts_back(threads, blas_at_3):
+    import threading
+    threads(2)
+    lin = rnnfast.Linear(32, 48, seed=0)
+    x = np.random.default_rng(0).standard_normal((8, 20, 32)).astype(np.float32)
+    want = lin.forward(x)[0]
+    barrier = threading.Barrier(4)
+    errors = []
+
+    def run():
+        barrier.wait()
+        for _ in range(50):
+            y, cache = lin.forward(x)
+            lin.backward(cache, y)
+            if not np.array_equal(y, want):
+                errors.append("forward changed")
+
+    workers = [threading.Thread(target=run) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    assert _blas_counts() == [3] * len(_blas_counts())
+
+
+def test_user_numpy_outside_rnnfast_is_untouched_at_import():
+    """Importing rnnfast and running a step change no BLAS setting the user's own code sees."""
+    import os
+    import subprocess
+    import sys
+    code = ("import threadpoolctl, numpy as np\n"
+            "def counts():\n"
+            "    return [i['num_threads'] for i in threadpoolctl.threadpool_info()"
+            " if i['user_api'] == 'blas']\n"
+            "before = counts()\n"
+            "import rnnfast\n"
+            "after_import = counts()\n"
+            "lin = rnnfast.Linear(8, 4)\n"
+            "y, c = lin.forward(np.ones((2, 3, 8), np.float32))\n"
+            "lin.backward(c, y)\n"
+            "print(before == after_import == counts(), before)\n")
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.startswith("True"), out

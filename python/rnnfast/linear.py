@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import _checks
+from . import _blas, _checks
 
 
 class LinearCache:
@@ -93,7 +93,8 @@ class Linear:
         if self.check_finite if check_finite is None else check_finite:
             _checks.check_finite(x, "x")
         weight, bias = self._checked_params()
-        y = x @ weight.T
+        with _blas.LIMITED:  # BLAS on this thread only: its own threads would spin (_blas)
+            y = x @ weight.T
         if bias is not None:
             y += bias
         return y, LinearCache(self._token, x)
@@ -112,10 +113,12 @@ class Linear:
         weight, bias = self._checked_params()
         # y = x W^T + b, over all leading axes at once
         dy2 = dy.reshape(-1, self.out_features)
-        grads = {"weight": dy2.T @ x.reshape(-1, self.in_features)}
+        with _blas.LIMITED:
+            grads = {"weight": dy2.T @ x.reshape(-1, self.in_features)}
+            dx = dy @ weight
         if bias is not None:
             grads["bias"] = dy2.sum(axis=0)
-        return dy @ weight, grads
+        return dx, grads
 
     def to_torch(self):
         """The equivalent ``torch.nn.Linear``, same dtype, weights copied (not shared)."""
