@@ -31,9 +31,12 @@ start=$SECONDS
 if [ ! -x "$venv/bin/python" ]; then
   python3 -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q numpy tqdm "pytest>=7" hypothesis \
-    "scikit-build-core>=0.10" "pybind11>=2.12" "cmeel-eigen>=3.4,<3.5" ninja cmake
 fi
+# rnnfast's runtime dependencies (pyproject.toml) and the build's, by name: the build below
+# runs with --no-deps so that pip never rebuilds the C++ for a dependency. Run every time, so
+# a venv kept from before a dependency was added gets it (a no-op when all are present).
+"$venv/bin/python" -m pip install -q numpy tqdm threadpoolctl "pytest>=7" hypothesis \
+  "scikit-build-core>=0.10" "pybind11>=2.12" "cmeel-eigen>=3.4,<3.5" ninja cmake
 
 flags="-O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all"
 "$venv/bin/python" -m pip install -q --no-build-isolation --no-deps --force-reinstall \
