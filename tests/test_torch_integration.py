@@ -319,6 +319,12 @@ DDP_WORKER = textwrap.dedent("""
                 "threads": (rnnfast.get_num_threads(), torch.get_num_threads())},
                f"{workdir}/rank{rank}.pt")
     dist.destroy_process_group()
+    # Gloo's threads can still be joinable when the interpreter tears down its C++ statics,
+    # which then aborts with "terminate called without an active exception" (one run in a
+    # few, pytorch/pytorch#28126 and its followers): the results are saved, so leave here.
+    sys.stdout.flush()
+    import os
+    os._exit(0)
 """)
 
 

@@ -15,6 +15,7 @@ from . import checkpoint, clip, diagnostics, experiments, init, losses, optim, r
     tasks, train  # noqa: E402
 from ._platform import threads_from_env  # noqa: E402
 from ._recurrent import ForwardCache  # noqa: E402
+from ._checkpointed import CheckpointCache  # noqa: E402
 from .checkpoint import load, save  # noqa: E402
 from .embedding import Embedding  # noqa: E402
 from .gru import GRU  # noqa: E402
@@ -25,7 +26,7 @@ from .model import Model  # noqa: E402
 from .rnn import RNN  # noqa: E402
 from .train import evaluate, fit, train_sequence  # noqa: E402
 
-__all__ = ["RNN", "LSTM", "GRU", "Linear", "Embedding", "Model", "ForwardCache", "fit", "evaluate",
+__all__ = ["RNN", "LSTM", "GRU", "Linear", "Embedding", "Model", "ForwardCache", "CheckpointCache", "fit", "evaluate",
            "train_sequence", "save", "load", "from_torch", "checkpoint", "clip", "diagnostics",
            "experiments", "init", "losses", "optim", "reference", "tasks", "train",
            "set_num_threads", "get_num_threads", "set_cache_limit", "empty_cache", "cache_info",

@@ -28,6 +28,9 @@ def set_num_threads(n):
     for a given ``n`` and match the NumPy reference as the serial path does. The default at
     import is OMP_NUM_THREADS when it is set to a positive integer, else 1 (in builds with
     OpenMP, OpenMP's default; there ``n`` also sets Eigen's OpenMP threads).
+
+    The read-out's products are NumPy's: inside rnnfast's calls NumPy's BLAS runs on one
+    thread whatever ``n`` is, and keeps its own count outside them (docs/threads.md).
     """
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"n must be an int >= 1, got {n!r}")

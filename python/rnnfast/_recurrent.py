@@ -19,7 +19,7 @@ import warnings
 
 import numpy as np
 
-from . import _checks
+from . import _checkpointed, _checks
 from . import _core
 from ._core import all_finite
 
@@ -283,7 +283,7 @@ class Recurrent:
         y, state, _ = self._run(x, state, lengths, train=False)
         return y, state
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, checkpoint=None):
         """Run the model over the sequences and keep what ``backward`` needs.
 
         Parameters
@@ -299,6 +299,17 @@ class Recurrent:
             Valid steps of each sequence, in [0, T]. At steps t >= lengths[b] the state of
             sequence b stays as it was, its output is zero and it receives no gradient. The
             reverse direction of a sequence starts at its last valid step.
+        checkpoint : None, int or "auto", optional
+            Checkpointed BPTT, the exact gradient in bounded memory (docs/memory.md). None
+            (the default) keeps every step's saved values for ``backward``. An int k cuts
+            time into segments of k steps and keeps only each layer's state at the start of
+            every segment; ``backward`` then runs each segment's forward again, from the
+            last segment back, and backpropagates through it: about one more forward pass
+            of time. ``"auto"``: k = ceil(sqrt(T)). k >= T is the full cache. The results
+            are the full cache's up to rounding (the weight gradients are summed segment by
+            segment). A bidirectional stack keeps each inner layer's output besides. With
+            dropout, a one-direction stack draws its masks segment by segment: the same
+            distribution as without checkpoints, another draw.
 
         Returns
         -------
@@ -306,7 +317,7 @@ class Recurrent:
             The last layer's outputs, the forward direction's first.
         state : like ``state``
             Every layer's state after each sequence's last valid step.
-        cache : ForwardCache
+        cache : ForwardCache or CheckpointCache
             For ``backward``.
 
         Notes
@@ -316,21 +327,26 @@ class Recurrent:
 
         B = 0 or T = 0 are allowed: y is empty, and with T = 0 the state is returned unchanged.
         """
-        return self._run(x, state, lengths, train=True)
+        return self._run(x, state, lengths, train=True, checkpoint=checkpoint)
 
-    def _run(self, x, state, lengths, train):
+    def _run(self, x, state, lengths, train, checkpoint=None):
         dtype, L, H, N = self.dtype, self.num_layers, self.state_size, self.num_directions
         _checks.check_float_array(x, "x", dtype, 3)
         B, T, D = x.shape
         if D != self.input_size:
             raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
                              f"{self.input_size}, got {_checks.shape_str(x.shape)}")
+        segment = _checkpointed.segment_steps(checkpoint, T)
         # Before anything is allocated, converting x included: per layer, the directions'
-        # outputs and saved values and their joined output (and its dropout mask).
+        # outputs and saved values and their joined output (and its dropout mask); with
+        # checkpoints, one segment's worth of that, and the joined outputs kept whole.
         per_layer = N * H * (1 + self.saved_per_step) + (N * H if N > 1 else 0) \
             + (N * H if train and self.dropout > 0 else 0)
+        kept = B * T * (D + L * per_layer)
+        if segment is not None:
+            kept = B * T * (D + N * H * (L if N > 1 else 1)) + B * segment * L * per_layer
         _checks.check_allocation(
-            B * T * (D + L * per_layer) * dtype.itemsize,
+            kept * dtype.itemsize,
             lambda: f"forward over B={B}, T={T} with hidden_size={H}, num_layers={L}"
                     f"{', bidirectional' if N > 1 else ''}")
         x = np.ascontiguousarray(x, dtype=dtype)
@@ -340,6 +356,9 @@ class Recurrent:
             _checks.raise_non_finite(x, "x")
         lengths = _checks.as_lengths(lengths, B, T)
         states = self._layer_states(state, B, "state")
+        if segment is not None and B > 0:
+            y, finals, cache = _checkpointed.forward(self, x, states, lengths, train, segment)
+            return y, self._user_state(finals), cache
         layer_params = self._layer_params()
 
         forward_args, forward_out = self._forward_args, self._forward_out
@@ -376,7 +395,7 @@ class Recurrent:
 
         Parameters
         ----------
-        cache : ForwardCache
+        cache : ForwardCache or CheckpointCache
             From this model's ``forward``.
         dy : ndarray (B, T, num_directions * hidden_size)
             Gradient of the loss with respect to ``y``. Entries past a sequence's length are
@@ -419,7 +438,7 @@ class Recurrent:
         """
         clip = _checks.clip_per_step(clip_per_step)
         grad_norms = bool(return_grad_norms)
-        if not isinstance(cache, ForwardCache):
+        if not isinstance(cache, (ForwardCache, _checkpointed.CheckpointCache)):
             raise TypeError(f"cache must be the ForwardCache returned by forward, got "
                             f"{type(cache).__name__}")
         if cache.owner is not self._token:
@@ -442,6 +461,13 @@ class Recurrent:
         layer_grads = [None] * (L * N)
         norms = np.zeros((L * N, T), self.dtype) if grad_norms else None  # (L·N, T)
         step = {"clip_per_step": clip, "grad_norms": grad_norms}
+        if isinstance(cache, _checkpointed.CheckpointCache):
+            d_out, dstate0, layer_grads, raw = _checkpointed.backward(self, cache, dy, dstates,
+                                                                      step)
+            if grad_norms:
+                for i in range(L * N):
+                    norms[i] = _mean_over_sequences(raw[i], cache.lengths)
+            return self._backward_result(d_out, dstate0, layer_grads, norms)
         backward_args, backward_out, lengths = self._backward_args, self._backward_out, cache.lengths
         d_out = dy
         for k in reversed(range(L)):
@@ -462,12 +488,15 @@ class Recurrent:
                 if grad_norms:
                     norms[i] = _mean_over_sequences(layer_norms[0], lengths)
             d_out = d_in
+        return self._backward_result(d_out, dstate0, layer_grads, norms)
+
+    def _backward_result(self, dx, dstate0, layer_grads, norms):
         grads = {}  # in the order of params
         for names, g in zip(self._layer_grad_names, layer_grads):
             grads.update(zip(names, (a for a in g if a is not None)))
-        if grad_norms:
-            return d_out, self._user_state(dstate0), grads, norms
-        return d_out, self._user_state(dstate0), grads
+        if norms is not None:
+            return dx, self._user_state(dstate0), grads, norms
+        return dx, self._user_state(dstate0), grads
 
     # -- what a cell supplies ---------------------------------------------------------------
 

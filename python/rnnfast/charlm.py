@@ -18,7 +18,7 @@ import zlib
 
 import numpy as np
 
-from . import _checks, checkpoint, optim
+from . import _checkpointed, _checks, checkpoint, optim
 from .embedding import Embedding
 from .gru import GRU
 from .linear import Linear
@@ -123,7 +123,7 @@ def build_model(cell, vocab_size, hidden, layers, dtype, seed, *, embedding_dim=
 
 
 def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
-          clip_value=None, progress=True, desc="train", comm=None):
+          clip_value=None, progress=True, desc="train", comm=None, bptt_checkpoint=None):
     """One pass of truncated BPTT along the streams ``data`` (B, L); returns the mean loss
     (nats per character) and characters per second.
 
@@ -148,7 +148,8 @@ def epoch(model, optimizer, data, *, k1, k2, windows_per_call=8, clip_norm=None,
         out = _train_sequence(model, optimizer, model_input(model, data[:, s:e]),
                               data[:, s + 1:e + 1], state=state, loss="cross_entropy",
                               k1=k1, k2=k2, clip_norm=clip_norm, clip_value=clip_value,
-                              on_nonfinite="skip", backward_options=None, comm=comm)
+                              on_nonfinite="skip", backward_options=None, comm=comm,
+                              checkpoint=bptt_checkpoint)
         state = out["state"]
         if out["updates"]:
             total += out["loss"] * (e - s)
@@ -206,7 +207,8 @@ def bits(nats):
 
 
 def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=0.0,
-          bidirectional=False, batch=16, k1=32, k2=None, optimizer="adam", lr=3e-3,
+          bidirectional=False, batch=16, k1=32, k2=None, bptt_checkpoint=None,
+          optimizer="adam", lr=3e-3,
           clip_norm=5.0, clip_value=None, epochs=2, seed=0, dtype=np.float32,
           checkpoint_path=None, resume=False, sample_length=300, temperature=0.8,
           valid_fraction=0.05, progress=True, log=print, distributed=False):
@@ -233,6 +235,7 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
     check_model_options(layers, dropout, bidirectional)  # before a long read of the text
     check_run_options(epochs=epochs, batch=batch, k1=k1, k2=k2,
                       checkpoint_path=checkpoint_path, resume=resume)
+    _checkpointed.segment_steps(bptt_checkpoint, 0)  # a bad value refused before the text is read
     comm = _world(batch, text, locals()) if distributed else None
     if comm is not None and comm.Get_rank() != 0:
         log, progress, sample_length = (lambda *a, **k: None), False, 0
@@ -265,12 +268,13 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
                             embedding_dim=embedding_dim, dropout=dropout)
         opt = OPTIMISERS[optimizer](model.params, lr=lr)
     log(f"{model}\n{len(text):,} characters, {len(vocab)} distinct; {batch} streams of "
-        f"{train_data.shape[1]:,} steps; truncated BPTT(k1={k1}, k2={k2 or k1}); {opt!r}")
+        f"{train_data.shape[1]:,} steps; truncated BPTT(k1={k1}, k2={k2 or k1}"
+        f"{'' if bptt_checkpoint is None else f', checkpoint={bptt_checkpoint}'}); {opt!r}")
 
     if comm is None:
         return _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2,
                        clip_norm, clip_value, progress, checkpoint_path, sample_length,
-                       temperature, seed, log, None)
+                       temperature, seed, log, None, bptt_checkpoint)
     from . import distributed as dist
 
     # RankMismatchError comes from gathered checksums: every rank raises it together.
@@ -279,7 +283,7 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
         dist.broadcast_optimizer(opt, comm=comm)
         return _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2,
                        clip_norm, clip_value, progress, checkpoint_path, sample_length,
-                       temperature, seed, log, comm)
+                       temperature, seed, log, comm, bptt_checkpoint)
 
 
 def _world(batch, text, arguments):
@@ -301,7 +305,8 @@ def _world(batch, text, arguments):
 
 
 def _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, k2, clip_norm,
-            clip_value, progress, checkpoint_path, sample_length, temperature, seed, log, comm):
+            clip_value, progress, checkpoint_path, sample_length, temperature, seed, log, comm,
+            bptt_checkpoint=None):
     history = []
     if checkpoint_path and (comm is None or comm.Get_rank() == 0):
         # here, not after the first epoch's minutes of training
@@ -309,7 +314,7 @@ def _epochs(model, opt, vocab, train_data, valid_data, first_epoch, epochs, k1, 
     for ep in range(first_epoch, first_epoch + epochs):
         loss, rate = epoch(model, opt, train_data, k1=k1, k2=k2, clip_norm=clip_norm,
                            clip_value=clip_value, progress=progress, desc=f"epoch {ep + 1}",
-                           comm=comm)
+                           comm=comm, bptt_checkpoint=bptt_checkpoint)
         record = {"epoch": ep + 1, "loss": loss, "bits_per_char": bits(loss),
                   "chars_per_second": rate}
         if valid_data is not None:

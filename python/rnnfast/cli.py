@@ -28,7 +28,7 @@ def _train(args):
         text, cell=args.cell, hidden=args.hidden, layers=args.layers,
         embedding_dim=args.embedding_dim, dropout=args.dropout,
         bidirectional=args.bidirectional, batch=args.batch,
-        k1=args.k1, k2=args.k2, optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm,
+        k1=args.k1, k2=args.k2, bptt_checkpoint=args.bptt_checkpoint, optimizer=args.optimizer, lr=args.lr, clip_norm=args.clip_norm,
         clip_value=args.clip_value, epochs=args.epochs, seed=args.seed,
         dtype=np.dtype(args.dtype), checkpoint_path=args.checkpoint, resume=args.resume,
         sample_length=args.sample_length, temperature=args.temperature,
@@ -107,6 +107,11 @@ def _number(kind, low, *, above=False, below=None):
     return parse
 
 
+def _segment(text):
+    """An argparse type for --bptt-checkpoint: 'auto' or an integer >= 1."""
+    return text if text == "auto" else _number(int, 1)(text)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="rnnfast", description="Fast CPU training of recurrent networks.")
@@ -141,6 +146,10 @@ def build_parser():
                    help="update every k1 characters")
     t.add_argument("--k2", type=_number(int, 1), default=None,
                    help="backpropagate through k2 >= k1 characters (default: k1)")
+    t.add_argument("--bptt-checkpoint", type=_segment, default=None, metavar="K|auto",
+                   help="checkpointed BPTT inside each window of k2 characters: keep the "
+                        "state every K steps and recompute the rest in backward ('auto': "
+                        "K = sqrt(k2)); the same gradient in less memory (default: off)")
     t.add_argument("--optimizer", choices=["sgd", "adagrad", "rmsprop", "adam", "adamw"],
                    default="adam", help="the optimiser")
     t.add_argument("--lr", type=_number(float, 0, above=True), default=3e-3,

@@ -207,13 +207,13 @@ class Model:
         logits, state, _ = self._run(x, state, lengths, train=False)
         return logits, state
 
-    def forward(self, x, state=None, lengths=None):
+    def forward(self, x, state=None, lengths=None, checkpoint=None):
         """The training pass (the recurrent model's dropout on), keeping what backward needs.
 
         Parameters
         ----------
         x : ndarray (B, T, D) of real features, or with an embedding integer ids (B, T)
-        state, lengths : as for the recurrent model's ``forward``
+        state, lengths, checkpoint : as for the recurrent model's ``forward``
 
         Returns
         -------
@@ -221,9 +221,9 @@ class Model:
         state : the recurrent model's final state
         cache : ModelCache
         """
-        return self._run(x, state, lengths, train=True)
+        return self._run(x, state, lengths, train=True, checkpoint=checkpoint)
 
-    def _run(self, x, state, lengths, train):
+    def _run(self, x, state, lengths, train, checkpoint=None):
         emb_cache = rec_cache = pool_cache = None
         if self.embedding is None:
             refuse_ids(x, "x")
@@ -231,7 +231,7 @@ class Model:
             # checked here too, so that an error names the model's argument
             x, emb_cache = self.embedding.forward(as_ids(x, "x", self.embedding.num_embeddings))
         if train:
-            h, state, rec_cache = self.recurrent.forward(x, state, lengths)
+            h, state, rec_cache = self.recurrent.forward(x, state, lengths, checkpoint=checkpoint)
         else:
             h, state = self.recurrent(x, state, lengths)
         if self.pool is not None:

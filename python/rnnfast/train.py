@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from . import _checks, clip, losses
+from . import _checkpointed, _checks, clip, losses
 from .embedding import as_ids, refuse_ids
 
 #: The names ``fit``, ``evaluate`` and ``train_sequence`` take as ``loss`` (see
@@ -179,7 +179,8 @@ def _window_loss(loss, logits, targets, lengths, start, prev_end, end, per_seque
     return value, dlogits, terms
 
 
-def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options, comm=None):
+def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options, comm=None,
+            checkpoint=None):
     """One window of truncated BPTT: forward over ``pieces`` (one, or two split where the next
     window will start, so that its start state is kept), the loss on steps [prev_end, end),
     backward through every piece.
@@ -194,9 +195,9 @@ def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options, 
     """
     if comm is not None:
         return _window_distributed(model, x, targets, lengths, loss, pieces, prev_end, state,
-                                   options, comm)
+                                   options, comm, checkpoint)
     start, end = pieces[0][0], pieces[-1][1]
-    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state)
+    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state, checkpoint)
     value, dlogits, _ = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
                                      _per_sequence(model))
     if not (math.isfinite(value) and np.isfinite(dlogits).all()):
@@ -205,11 +206,13 @@ def _window(model, x, targets, lengths, loss, pieces, prev_end, state, options, 
     return value, grads if _all_finite(grads) else None, s, cut_state
 
 
-def _forward_pieces(model, x, lengths, pieces, state):
+def _forward_pieces(model, x, lengths, pieces, state, checkpoint=None):
     end = pieces[-1][1]
     caches, outs, s, cut_state = [], [], state, None
+    # only when asked for: a model of the user's own need not know the keyword
+    extra = {} if checkpoint is None else {"checkpoint": checkpoint}
     for a, b in pieces:
-        out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b))
+        out, s, cache = model.forward(x[:, a:b], s, _window_lengths(lengths, a, b), **extra)
         caches.append(cache)
         outs.append(out)
         if b != end:
@@ -232,11 +235,11 @@ def _backward_pieces(model, pieces, caches, dlogits, options):
 
 
 def _window_distributed(model, x, targets, lengths, loss, pieces, prev_end, state, options,
-                        comm):
+                        comm, checkpoint=None):
     from . import distributed
 
     start, end = pieces[0][0], pieces[-1][1]
-    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state)
+    logits, caches, s, cut_state = _forward_pieces(model, x, lengths, pieces, state, checkpoint)
     value, dlogits, terms = _window_loss(loss, logits, targets, lengths, start, prev_end, end,
                                          _per_sequence(model), reduction="sum")
     if math.isfinite(value) and np.isfinite(dlogits).all():
@@ -257,7 +260,7 @@ def _window_distributed(model, x, targets, lengths, loss, pieces, prev_end, stat
 
 def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
                    loss="cross_entropy", k1=None, k2=None, clip_norm=None, clip_value=None,
-                   on_nonfinite="skip", backward_options=None):
+                   on_nonfinite="skip", backward_options=None, checkpoint=None):
     """Train on one batch of sequences with BPTT(k1, k2); returns a dict of what happened.
 
     Parameters
@@ -292,6 +295,10 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     backward_options : dict, optional
         Passed to the model's ``backward``, e.g. ``{"clip_per_step": 1.0}`` for per-step
         clipping of dL/dh_t inside BPTT (see ``RNN.backward``).
+    checkpoint : None, int or "auto", optional
+        Checkpointed BPTT inside every window (see ``LSTM.forward``): the gradient of the
+        full cache in memory that does not grow with the window's length times the cache
+        of a step, for about one more forward pass of time. None keeps the full cache.
 
     Returns
     -------
@@ -302,11 +309,13 @@ def train_sequence(model, optimizer, x, targets, lengths=None, state=None, *,
     """
     return _train_sequence(model, optimizer, x, targets, lengths, state, loss=loss, k1=k1,
                            k2=k2, clip_norm=clip_norm, clip_value=clip_value,
-                           on_nonfinite=on_nonfinite, backward_options=backward_options)
+                           on_nonfinite=on_nonfinite, backward_options=backward_options,
+                           checkpoint=checkpoint)
 
 
 def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, loss, k1, k2,
-                    clip_norm, clip_value, on_nonfinite, backward_options, comm=None):
+                    clip_norm, clip_value, on_nonfinite, backward_options, comm=None,
+                    checkpoint=None):
     """``train_sequence`` on this rank's rows of a batch shared with the other ranks of
     ``comm`` (None: a batch of its own); clipping and the step act on the reduced gradient."""
     if on_nonfinite not in ("skip", "stop"):
@@ -321,6 +330,7 @@ def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, l
     k2 = k1 if k2 is None else _checks.positive_int(k2, "k2")
     if k2 < k1:
         raise ValueError(f"k2 must be >= k1 = {k1}, got {k2}")
+    _checkpointed.segment_steps(checkpoint, T)  # refuses a bad value before any update
     truncated = k1 < T
     if truncated and loss.endswith("_last"):
         raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) needs a per-step loss, got "
@@ -351,7 +361,8 @@ def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, l
             cut = next_start if start < next_start < end else None
             pieces = [(start, end)] if cut is None else [(start, cut), (cut, end)]
             value, grads, final_state, cut_state = _window(
-                model, x, targets, lengths, loss, pieces, prev_end, window_state, options, comm)
+                model, x, targets, lengths, loss, pieces, prev_end, window_state, options, comm,
+                checkpoint)
             if grads is not None:
                 if clip_norm is not None:
                     grad_norm = clip.clip_grad_norm(grads, clip_norm)
@@ -611,7 +622,7 @@ def _start_distributed(model, optimizer, data, validation, settings):
 def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy", k1=None,
         k2=None, clip_norm=None, clip_value=None, shuffle=True, seed=0, validation=None,
         patience=None, callbacks=(), progress=True, on_nonfinite="skip", schedule=None,
-        initial_epoch=0, backward_options=None, distributed=False):
+        initial_epoch=0, backward_options=None, distributed=False, checkpoint=None):
     """Train ``model`` for ``epochs`` passes over ``data``; returns the history.
 
     Every batch is one call of ``train_sequence``: forward, the loss, BPTT (full, or
@@ -638,7 +649,7 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         One of ``LOSSES``: ``"cross_entropy"`` (per step, or per sequence with a pool),
         ``"mse"``, ``"cross_entropy_last"`` (one class per sequence, from its last valid
         step: sequence classification), ``"mse_last"``. See ``sequence_loss``.
-    k1, k2, clip_norm, clip_value, on_nonfinite, backward_options
+    k1, k2, clip_norm, clip_value, on_nonfinite, backward_options, checkpoint
         As for ``train_sequence``.
     shuffle : bool, default True
     seed : int
@@ -707,19 +718,20 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _check_loss(model, loss)
+    _checkpointed.segment_steps(checkpoint, 0)  # a bad value refused before the first epoch
     comm = None
     if distributed:
         settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "k1": k1,
                     "k2": k2, "clip_norm": clip_norm, "clip_value": clip_value,
                     "shuffle": shuffle, "seed": seed, "patience": patience,
                     "on_nonfinite": on_nonfinite, "initial_epoch": initial_epoch,
-                    "backward_options": repr(backward_options),
+                    "backward_options": repr(backward_options), "checkpoint": repr(checkpoint),
                     "schedule": type(schedule).__name__}
         comm = _start_distributed(model, optimizer, data, validation, settings)
     if comm is None:
         return _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm,
                     clip_value, shuffle, seed, validation, patience, callbacks, progress,
-                    on_nonfinite, schedule, initial_epoch, backward_options, None)
+                    on_nonfinite, schedule, initial_epoch, backward_options, None, checkpoint)
     from . import distributed as dist
 
     # NonFiniteError is decided from the reduced gradient and RankMismatchError from the
@@ -730,12 +742,12 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
         return _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm,
                     clip_value, shuffle, seed, validation, patience, callbacks,
                     progress and comm.Get_rank() == 0, on_nonfinite, schedule, initial_epoch,
-                    backward_options, comm)
+                    backward_options, comm, checkpoint)
 
 
 def _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm, clip_value,
          shuffle, seed, validation, patience, callbacks, progress, on_nonfinite, schedule,
-         initial_epoch, backward_options, comm):
+         initial_epoch, backward_options, comm, checkpoint=None):
     """The epochs of ``fit``; with ``comm``, on this rank's slice of every batch."""
     if comm is not None:
         from . import distributed
@@ -758,7 +770,7 @@ def _fit(model, optimizer, data, epochs, batch_size, loss, k1, k2, clip_norm, cl
             out = _train_sequence(model, optimizer, x, targets, lengths, loss=loss, k1=k1,
                                   k2=k2, clip_norm=clip_norm, clip_value=clip_value,
                                   on_nonfinite=on_nonfinite, backward_options=backward_options,
-                                  comm=comm)
+                                  comm=comm, checkpoint=checkpoint)
             updates += out["updates"]
             skipped += out["skipped"]
             if out["updates"]:

@@ -1,0 +1,277 @@
+"""Checkpointed BPTT (``forward(..., checkpoint=k)``): the full cache's results in less memory.
+
+Every configuration runs the same model twice, with the full cache and with checkpoints, and
+compares everything backward returns. The reference backend does the same arithmetic per
+step on either path, so its outputs, states, dx and dstate0 must be equal bit for bit; the
+weight gradients (a sum over segments of sums over steps, against one sum over all steps) and,
+in the compiled backend, products over a segment's rows rather than all rows round
+differently, within 1e-12 relative in float64 and 1e-5 in float32.
+"""
+
+import itertools
+
+import numpy as np
+import pytest
+
+import rnnfast
+from rnnfast import _checkpointed, charlm, cli
+
+CELLS = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}
+TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+def _tuple(state):
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _rel(a, b):
+    scale = max(float(np.abs(a).max(initial=0.0)), 1e-30)
+    return float(np.abs(np.asarray(a, np.float64) - b).max(initial=0.0)) / scale
+
+
+def _both(make, x, lengths, k, rng, **backward):
+    """forward + backward of two identical models, full cache and ``checkpoint=k``."""
+    full, ck = make(), make()
+    y1, s1, c1 = full.forward(x, lengths=lengths)
+    y2, s2, c2 = ck.forward(x, lengths=lengths, checkpoint=k)
+    dy = rng.standard_normal(y1.shape).astype(full.dtype)
+    ds = tuple(rng.standard_normal(a.shape).astype(full.dtype) for a in _tuple(s1))
+    ds = ds if isinstance(s1, tuple) else ds[0]
+    r1 = full.backward(c1, dy, ds, **backward)
+    r2 = ck.backward(c2, dy, ds, **backward)
+    return (y1, s1, c1, r1), (y2, s2, c2, r2)
+
+
+def _compare(a, b, dtype, exact):
+    (y1, s1, _, r1), (y2, s2, c2, r2) = a, b
+    assert isinstance(c2, rnnfast.CheckpointCache)
+    pairs = [("y", y1, y2), ("dx", r1[0], r2[0])]
+    pairs += [(f"state[{j}]", p, q) for j, (p, q) in enumerate(zip(_tuple(s1), _tuple(s2)))]
+    pairs += [(f"dstate0[{j}]", p, q)
+              for j, (p, q) in enumerate(zip(_tuple(r1[1]), _tuple(r2[1])))]
+    for name, p, q in pairs:
+        assert p.shape == q.shape and p.dtype == q.dtype, name
+        if exact:
+            assert np.array_equal(p, q), name
+        else:
+            assert _rel(p, q) <= TOL[dtype], (name, _rel(p, q))
+    assert r1[2].keys() == r2[2].keys()
+    for name in r1[2]:
+        assert r2[2][name].dtype == dtype
+        assert _rel(r1[2][name], r2[2][name]) <= TOL[dtype], (name, _rel(r1[2][name], r2[2][name]))
+    if len(r1) > 3:
+        assert np.abs(r1[3] - r2[3]).max() <= TOL[dtype] * max(1.0, np.abs(r1[3]).max())
+
+
+@pytest.mark.parametrize("cell, dtype, layers, bidirectional, lengths, backend", [
+    c for c in itertools.product(CELLS, (np.float32, np.float64), (1, 2), (False, True),
+                                 (False, True), ("cpp", "numpy"))
+], ids=lambda v: getattr(v, "__name__", str(v)))
+def test_checkpointed_backward_equals_the_full_cache(cell, dtype, layers, bidirectional, lengths,
+                                                     backend):
+    rng = np.random.default_rng(0)
+    B, T, D, H = 3, 23, 4, 5
+
+    def make():
+        return CELLS[cell](D, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
+                           seed=3, backend=backend)
+
+    x = rng.standard_normal((B, T, D)).astype(dtype)
+    lens = np.array([23, 9, 0]) if lengths else None
+    for k in (1, 5, "auto", 22):
+        a, b = _both(make, x, lens, k, rng, clip_per_step=0.7, return_grad_norms=True)
+        _compare(a, b, dtype, exact=backend == "numpy")
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_lstm_with_projection(backend):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 30, 3))
+
+    def make():
+        return rnnfast.LSTM(3, 6, num_layers=2, proj_size=4, bidirectional=True,
+                            dtype=np.float64, seed=0, backend=backend)
+
+    _compare(*_both(make, x, np.array([30, 11]), 4, rng), np.float64, exact=backend == "numpy")
+
+
+@pytest.mark.parametrize("cell", CELLS)
+def test_at_sizes_past_eigens_small_product_kernels_the_compiled_path_is_bit_identical(cell):
+    # what the parity above allows to round differently happens only in products small
+    # enough for Eigen's coefficient-wise kernel; here every product is a blocked one
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((4, 256, 16)).astype(np.float32)
+
+    def make():
+        return CELLS[cell](16, 32, num_layers=2, dtype=np.float32, seed=0)
+
+    (y1, s1, _, r1), (y2, s2, _, r2) = _both(make, x, None, 64, rng)
+    assert np.array_equal(y1, y2) and np.array_equal(r1[0], r2[0])
+    assert all(np.array_equal(p, q) for p, q in zip(_tuple(r1[1]), _tuple(r2[1])))
+
+
+def test_bidirectional_dropout_draws_the_full_caches_masks():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((3, 20, 4))
+
+    def make():
+        return rnnfast.GRU(4, 5, num_layers=3, bidirectional=True, dropout=0.4,
+                           dtype=np.float64, seed=7)
+
+    a, b = _both(make, x, None, 6, rng)
+    _compare(a, b, np.float64, exact=False)
+
+
+@pytest.mark.parametrize("backend", ["cpp", "numpy"])
+def test_one_direction_dropout_gradient_matches_finite_differences(backend):
+    # its masks are drawn segment by segment (not the full cache's draw): the gradient is
+    # checked against the loss of the same masks, replayed from the generator's state
+    rng = np.random.default_rng(4)
+    model = rnnfast.LSTM(3, 4, num_layers=3, dropout=0.5, dtype=np.float64, seed=1,
+                         backend=backend)
+    x = rng.standard_normal((2, 17, 3))
+    start = model.rng_state
+
+    def loss(params=None):
+        model.rng_state = start
+        y, _, cache = model.forward(x, checkpoint=4)
+        return float((y * w).sum()), cache
+
+    w = rng.standard_normal((2, 17, 4))
+    _, cache = loss()
+    after = model.rng_state
+    _, _, grads = model.backward(cache, w)
+    assert model.rng_state == after  # backward's replay puts the generator back
+    eps = 1e-6
+    for name in ("weight_hh_l0", "weight_ih_l2", "bias_ih_l1"):
+        direction = rng.standard_normal(model.params[name].shape)
+        p = model.params[name]
+        p += eps * direction
+        up, _ = loss()
+        p -= 2 * eps * direction
+        down, _ = loss()
+        p += eps * direction
+        numeric = (up - down) / (2 * eps)
+        assert abs(numeric - float((grads[name] * direction).sum())) <= 1e-6 * max(1, abs(numeric))
+
+
+def test_the_cache_holds_the_states_not_the_steps():
+    x = np.zeros((2, 400, 8), np.float32)
+    model = rnnfast.LSTM(8, 32, num_layers=2, seed=0)
+    _, _, full = model.forward(x)
+    _, _, ck = model.forward(x, checkpoint="auto")
+    assert ck.segment_steps == 20
+    # x itself, and (h, c) of both layers at the start of each of the 20 segments
+    assert ck.nbytes == x.nbytes + 20 * 2 * 2 * (2 * 32 * 4)
+    assert ck.nbytes < 0.05 * full.nbytes
+
+
+def test_segment_steps():
+    assert _checkpointed.segment_steps(None, 100) is None
+    assert _checkpointed.segment_steps("auto", 100) == 10
+    assert _checkpointed.segment_steps("auto", 101) == 11
+    assert _checkpointed.segment_steps(7, 100) == 7
+    assert _checkpointed.segment_steps(100, 100) is None  # one segment: the full cache
+    assert _checkpointed.segment_steps("auto", 1) is None
+
+
+def test_one_segment_or_empty_input_is_the_plain_forward():
+    model = rnnfast.RNN(2, 3, seed=0)
+    _, _, cache = model.forward(np.ones((2, 5, 2)), checkpoint=5)
+    assert isinstance(cache, rnnfast.ForwardCache)
+    y, h, cache = model.forward(np.ones((0, 9, 2)), checkpoint=2)
+    assert y.shape == (0, 9, 3)
+    dx, _, grads = model.backward(cache, np.ones((0, 9, 3), np.float32))
+    assert dx.shape == (0, 9, 2) and not any(g.any() for g in grads.values())
+
+
+@pytest.mark.parametrize("value, error, match", [
+    ("half", ValueError, "checkpoint must be None, a positive int or 'auto', got 'half'"),
+    (0, ValueError, "checkpoint must be at least 1, got 0"),
+    (2.5, TypeError, "checkpoint must be an int, got float"),
+    (True, TypeError, "checkpoint must be an int, got bool"),
+])
+def test_bad_checkpoint_values_are_refused_by_name(value, error, match):
+    model = rnnfast.GRU(2, 3, seed=0)
+    with pytest.raises(error, match=match):
+        model.forward(np.ones((1, 4, 2)), checkpoint=value)
+    mlp = rnnfast.Model(rnnfast.GRU(2, 3), rnnfast.Linear(3, 2))
+    with pytest.raises(error, match=match):
+        rnnfast.fit(mlp, rnnfast.optim.SGD(mlp.params, lr=0.1),
+                    (np.ones((4, 4, 2), np.float32), np.zeros((4, 4), np.int64)),
+                    checkpoint=value, progress=False)
+
+
+def test_a_cache_serves_backward_twice_and_only_its_own_model():
+    rng = np.random.default_rng(5)
+    model, other = rnnfast.LSTM(3, 4, seed=0), rnnfast.LSTM(3, 4, seed=0)
+    x = rng.standard_normal((2, 12, 3)).astype(np.float32)
+    y, _, cache = model.forward(x, checkpoint=5)
+    first = model.backward(cache, np.ones_like(y))
+    second = model.backward(cache, np.ones_like(y))
+    assert np.array_equal(first[0], second[0])
+    assert all(np.array_equal(first[2][k], second[2][k]) for k in first[2])
+    with pytest.raises(ValueError, match="another model's forward"):
+        other.backward(cache, np.ones_like(y))
+
+
+@pytest.mark.parametrize("model_kind", ["per-step", "embedding-pool"])
+def test_training_with_checkpoints_follows_training_without(model_kind):
+    rng = np.random.default_rng(6)
+    if model_kind == "per-step":
+        x = rng.standard_normal((8, 30, 3))
+        targets, loss = rng.integers(0, 2, (8, 30)), "cross_entropy"
+
+        def make():
+            return rnnfast.Model(rnnfast.GRU(3, 8, num_layers=2, dtype=np.float64, seed=0),
+                                 rnnfast.Linear(8, 2, dtype=np.float64, seed=1))
+    else:
+        x = rng.integers(1, 20, (8, 30))
+        targets, loss = rng.integers(0, 2, 8), "cross_entropy"
+
+        def make():
+            return rnnfast.Model(
+                rnnfast.LSTM(6, 8, bidirectional=True, dtype=np.float64, seed=0),
+                rnnfast.Linear(16, 2, dtype=np.float64, seed=1),
+                embedding=rnnfast.Embedding(20, 6, dtype=np.float64, seed=2), pool="mean")
+    runs = []
+    for checkpoint in (None, "auto"):
+        model = make()
+        hist = rnnfast.fit(model, rnnfast.optim.Adam(model.params, lr=1e-2), (x, targets),
+                           epochs=2, batch_size=4, loss=loss, progress=False,
+                           checkpoint=checkpoint)
+        runs.append((model, hist))
+    (a, ha), (b, hb) = runs
+    assert abs(ha[-1]["loss"] - hb[-1]["loss"]) <= 1e-10
+    for name in a.params:
+        assert _rel(a.params[name], b.params[name]) <= 1e-10, name
+
+
+def test_train_sequence_with_truncation_and_checkpoints():
+    rng = np.random.default_rng(7)
+    x, targets = rng.standard_normal((2, 60, 3)), rng.integers(0, 3, (2, 60))
+    results = []
+    for checkpoint in (None, 6):
+        model = rnnfast.Model(rnnfast.LSTM(3, 5, dtype=np.float64, seed=0),
+                              rnnfast.Linear(5, 3, dtype=np.float64, seed=1))
+        out = rnnfast.train_sequence(model, rnnfast.optim.SGD(model.params, lr=0.1), x,
+                                     targets, k1=20, k2=30, checkpoint=checkpoint)
+        results.append((model, out))
+    assert abs(results[0][1]["loss"] - results[1][1]["loss"]) <= 1e-12
+    for name in results[0][0].params:
+        assert _rel(results[0][0].params[name], results[1][0].params[name]) <= 1e-10
+
+
+def test_the_command_line_option(capsys):
+    text = charlm.default_text()[:3000]
+    kw = dict(hidden=8, batch=2, k1=16, k2=48, sample_length=0, progress=False,
+              log=lambda *a: None, dtype=np.float64)
+    plain, _, h1 = charlm.train(text, epochs=1, **kw)
+    ck, _, h2 = charlm.train(text, epochs=1, bptt_checkpoint="auto", **kw)
+    assert abs(h1[0]["loss"] - h2[0]["loss"]) <= 1e-9
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["train", "--max-chars", "3000", "--hidden", "8", "--batch", "2",
+                  "--bptt-checkpoint", "zero", "--no-progress"])
+    assert stop.value.code == 2
+    assert "argument --bptt-checkpoint: expected an integer >= 1, got 'zero'" in \
+        capsys.readouterr().err
