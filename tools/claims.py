@@ -664,6 +664,44 @@ CLAIMS += [
           r"([0-9.]+) MiB", note="a leak would grow by far more than the allowance"),
 ]
 
+# docs/memory.md's checkpointed-BPTT table and README's summary of it, against the JSON file
+# bench/checkpoint_memory.py wrote.
+CHECKPOINT = RESULTS + "2026-12-05-8d9e9a2-checkpoint-memory.json"
+
+
+def checkpoint_row(B, L, T):
+    """The numbers of one table row after (B, L, T): MiB and seconds of the full cache and of
+    "auto", the memory saved (%), the time ratio, then MiB and seconds of each peer that ran."""
+    def read(text):
+        rows = {(r["impl"], r["B"], r["layers"], r["T"]): r for r in json.loads(text)["rows"]}
+        full, auto = rows["full", B, L, T], rows["auto", B, L, T]
+        out = [full["held_bytes"] / 2**20, full["time_s"], auto["held_bytes"] / 2**20,
+               auto["time_s"], 100 * (1 - auto["held_bytes"] / full["held_bytes"]),
+               auto["time_s"] / full["time_s"]]
+        for peer in ("torch", "jax"):
+            r = rows[peer, B, L, T]
+            if "held_bytes" in r:
+                out += [r["held_bytes"] / 2**20, r["time_s"]]
+        return out
+    return read
+
+
+_MEMORY_TEXT = (ROOT / "docs/memory.md").read_text(encoding="utf-8")
+for _line in re.findall(r"^\| (?:1|16) \| [12] \| [0-9,]+ \| .*$", _MEMORY_TEXT, re.M):
+    _cells = [c.strip() for c in _line.strip("|").split("|")]
+    _B, _L, _T = int(_cells[0]), int(_cells[1]), int(_cells[2].replace(",", ""))
+    _quoted = " ".join(n for c in _cells[3:] for n in re.findall(r"[0-9][0-9,.]*", c))
+    CLAIMS.append(Claim(f"memory/checkpoint/B{_B}-L{_L}-T{_T}", "docs/memory.md", _line,
+                        _quoted, ("exact",), source=CHECKPOINT,
+                        read=checkpoint_row(_B, _L, _T)))
+CLAIMS += [
+    Claim("readme/checkpoint/summary", R, "12.5 MiB beyond the user's arrays, against 5.7 GiB "
+          "with the full cache and 9.8 GiB in\n  PyTorch, in 1.46× the full cache's time",
+          "12.5 5.7 9.8 1.46", ("exact",), source=CHECKPOINT,
+          read=lambda t: (lambda r: [r[2], r[0] / 1024, r[6] / 1024, r[5]])(
+              checkpoint_row(1, 2, 1_000_000)(t))),
+]
+
 # docs/distributed.md: the scaling measurements, against the file that holds them.
 CLAIMS += [
     Claim("distributed/sizes/medium", DIST, "Medium: 397 834 parameters, 3 182 688 bytes",
