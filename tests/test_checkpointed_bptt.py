@@ -273,5 +273,5 @@ def test_the_command_line_option(capsys):
         cli.main(["train", "--max-chars", "3000", "--hidden", "8", "--batch", "2",
                   "--bptt-checkpoint", "zero", "--no-progress"])
     assert stop.value.code == 2
-    assert "argument --bptt-checkpoint: expected an integer >= 1, got 'zero'" in \
+    assert "argument --bptt-checkpoint: expected 'auto' or an integer >= 1, got 'zero'" in \
         capsys.readouterr().err

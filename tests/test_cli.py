@@ -117,3 +117,29 @@ def test_bench_subcommand_is_the_benchmark(capsys):
     with pytest.raises(SystemExit):
         cli.main(["bench", "--help"])
     assert "--configs" in capsys.readouterr().out
+
+
+def test_resume_names_the_options_the_checkpoint_overrides(tmp_path, capsys):
+    ck = tmp_path / "lm.npz"
+    assert cli.main(["train", *SMALL, "--checkpoint", str(ck)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", *SMALL, "--checkpoint", str(ck), "--resume", "--hidden", "32",
+                     "--cell", "gru", "--lr", "0.1"]) == 0
+    captured = capsys.readouterr()
+    assert ("--resume continues the checkpoint's model and optimiser; not used: --cell gru, "
+            "--hidden 32, --lr 0.1") in captured.err
+    assert "LSTM(32, 16" in captured.out and "betas=(0.9, 0.999)" in captured.out
+
+
+def test_resume_with_another_max_chars_says_which_options_must_match(tmp_path, capsys):
+    ck = tmp_path / "lm.npz"
+    assert cli.main(["train", *SMALL, "--checkpoint", str(ck)]) == 0
+    assert cli.main(["train", *SMALL, "--max-chars", "900", "--checkpoint", str(ck),
+                     "--resume"]) == 2
+    assert "pass the same --text and --max-chars" in capsys.readouterr().err
+
+
+def test_bptt_checkpoint_option_names_auto_in_its_error(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["train", *SMALL, "--bptt-checkpoint", "half"])
+    assert "expected 'auto' or an integer >= 1, got 'half'" in capsys.readouterr().err

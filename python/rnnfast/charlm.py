@@ -254,7 +254,8 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
         ck = checkpoint.load(checkpoint_path, distributed=comm is not None)
         if ck.metadata.get("vocabulary") != vocab.chars:
             raise ValueError(f"{checkpoint_path} was trained on another text (its vocabulary "
-                             f"differs); train afresh or pass the same --text")
+                             f"differs); train afresh, or pass the same --text and --max-chars "
+                             f"as the run that wrote it")
         model = ck.model
         opt = OPTIMISERS[ck.optimizer_state["type"].lower()](model.params, lr=lr)
         opt.load_state_dict(ck.optimizer_state)

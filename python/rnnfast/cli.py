@@ -35,6 +35,31 @@ def _train(args):
         progress=not args.no_progress, distributed=args.distributed)
 
 
+def _warn_unused_on_resume(parser, args):
+    """--resume continues the checkpoint's model and optimiser: name the options given on the
+    command line that disagree with it, rather than train something other than what the
+    command line reads as."""
+    from . import checkpoint
+
+    try:
+        ck = checkpoint.load(args.checkpoint)
+    except (OSError, ValueError):
+        return  # charlm.train loads it again and reports what is wrong with it
+    model, rec = ck.model, ck.model.recurrent
+    saved = {"cell": type(rec).__name__.lower(), "hidden": rec.hidden_size,
+             "layers": rec.num_layers, "dropout": rec.dropout, "dtype": rec.dtype.name,
+             "embedding_dim": None if model.embedding is None else model.embedding.embedding_dim,
+             "optimizer": ck.optimizer_state["type"].lower() if ck.optimizer_state else None,
+             "lr": ck.optimizer_state["lr"] if ck.optimizer_state else None}
+    unused = [f"--{dest.replace('_', '-')} {getattr(args, dest)}" for dest, value in saved.items()
+              if getattr(args, dest) != parser.get_default(dest) and value is not None
+              and getattr(args, dest) != value]
+    if unused:
+        print(f"rnnfast train: --resume continues the checkpoint's model and optimiser; not "
+              f"used: {', '.join(unused)}", file=sys.stderr)
+
+
+
 def _check_train(parser, args):
     """The checks argparse cannot make one option at a time, made before the text is read:
     every mistake here would otherwise surface only once training has started or ended."""
@@ -48,6 +73,8 @@ def _check_train(parser, args):
         parser.error(f"argument --resume: expected a checkpoint at --checkpoint "
                      f"{args.checkpoint!r}, found none (leave out --resume to start a new "
                      f"one there)")
+    if args.resume:
+        _warn_unused_on_resume(parser, args)
     if args.checkpoint and not args.distributed:
         # (under mpiexec rank 0 alone writes it, and checks it itself before training)
         from . import checkpoint
@@ -109,7 +136,13 @@ def _number(kind, low, *, above=False, below=None):
 
 def _segment(text):
     """An argparse type for --bptt-checkpoint: 'auto' or an integer >= 1."""
-    return text if text == "auto" else _number(int, 1)(text)
+    if text == "auto":
+        return text
+    try:
+        return _number(int, 1)(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or an integer >= 1, got {text!r}") \
+            from None
 
 
 def build_parser():

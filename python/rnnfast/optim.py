@@ -103,7 +103,8 @@ class Optimizer:
                                      f"shape {p.shape}, got {value.dtype} {value.shape}")
                 state[name][slot] = value.copy()
         self.lr = float(sd["lr"])
-        self.hyper = dict(sd["hyper"])
+        # a checkpoint's JSON gives tuples (betas) back as lists
+        self.hyper = {k: tuple(v) if isinstance(v, list) else v for k, v in sd["hyper"].items()}
         self.step_count = int(sd["step_count"])
         self.state = state
 
