@@ -109,7 +109,6 @@ class _Stack:
     def __init__(self, model):
         self.model = model
         self.params = model._layer_params()
-        self.N = model.num_directions
         self.S = model.state_size
 
     def forward(self, i, x, state0, lengths, reverse):

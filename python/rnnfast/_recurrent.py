@@ -439,8 +439,8 @@ class Recurrent:
         clip = _checks.clip_per_step(clip_per_step)
         grad_norms = bool(return_grad_norms)
         if not isinstance(cache, (ForwardCache, _checkpointed.CheckpointCache)):
-            raise TypeError(f"cache must be the ForwardCache returned by forward, got "
-                            f"{type(cache).__name__}")
+            raise TypeError(f"cache must be the ForwardCache or CheckpointCache returned by "
+                            f"forward, got {type(cache).__name__}")
         if cache.owner is not self._token:
             raise ValueError("cache was made by another model's forward; pass the cache from "
                              "this model's forward")
