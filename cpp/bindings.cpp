@@ -14,6 +14,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <numeric>
 #include <optional>
 #include <sstream>
 #include <stdexcept>
@@ -25,10 +26,12 @@
 #include "helper.hpp"
 #include "layer.hpp"
 #include "lstm.hpp"
+#include "products.hpp"
 #include "rnn.hpp"
 #include "step_options.hpp"
 #include "threads.hpp"
 #include "views.hpp"
+#include "window_grads.hpp"
 
 #ifndef RNNFAST_MODULE
 #define RNNFAST_MODULE _core
@@ -53,7 +56,10 @@ namespace {
   "reverse=True walks time down, as the reverse direction of a bidirectional layer: each "   \
   "sequence starts at its last valid step from the initial state; y[:, t] stays step t's "   \
   "output. backward takes the same reverse as the forward it follows. defer=True returns a "  \
-  "Deferred call instead of computing, for run_concurrently."
+  "Deferred call instead of computing, for run_concurrently. plan_steps > 0 and offset: the "  \
+  "call is steps [offset, offset + T) of a call of plan_steps steps, and uses threads and "  \
+  "groups products as that call would (a checkpointed segment); backward's into=GradSum "    \
+  "adds the weight gradients to its arrays instead of returning them (None in their place)."
 
 std::string shape_str(const std::vector<py::ssize_t>& s) {
   std::ostringstream os;
@@ -183,6 +189,109 @@ py::tuple with_norms(py::tuple result, bool grad_norms, const Array<T>& norms) {
   return py::tuple(items);
 }
 
+// plan_steps and offset of a layer call (layer.hpp Dims::plan): 0 and 0 for a call of its own,
+// else a segment [offset, offset + T) of a call of plan_steps steps.
+void set_plan(Dims& d, Index plan_steps, Index offset) {
+  if (plan_steps == 0 && offset == 0) return;
+  if (offset < 0 || plan_steps < offset + d.T)
+    throw std::invalid_argument(
+        "plan_steps and offset must place the call's T = " + std::to_string(d.T) +
+        " steps inside the planned call: 0 <= offset <= plan_steps - T, got plan_steps = " +
+        std::to_string(plan_steps) + ", offset = " + std::to_string(offset));
+  d.plan = plan_steps;
+  d.offset = offset;
+}
+
+// The weight gradients of a checkpointed backward: every segment's backward adds to these
+// arrays (LayerGrads::accumulate), window after window as one call over all T steps would,
+// and result() then adds the sums of the batch's other chunks (threads.hpp split_backward).
+template <typename T>
+class GradSum {
+ public:
+  GradSum(const Array<T>& w_ih, const Array<T>& w_hh, bool bias,
+          const std::optional<Array<T>>& w_hr)
+      : dw_ih_(zeros(w_ih)), dw_hh_(zeros(w_hh)) {
+    if (bias) {
+      db_ih_ = zeros_of({w_hh.shape(0)});
+      db_hh_ = zeros_of({w_hh.shape(0)});
+    }
+    if (w_hr) dw_hr_ = zeros(*w_hr);
+  }
+
+  // Where the backward of one segment of dims d adds its gradients; checked against d.
+  LayerGrads<T> grads(const Dims& d, Index G, bool bias, bool projected) {
+    if (summed_)
+      throw std::invalid_argument("into: this GradSum's result() was taken; make a new one");
+    if (dw_ih_.shape(0) != G * d.H || dw_ih_.shape(1) != d.D || dw_hh_.shape(1) != d.state() ||
+        bias != db_ih_.has_value() || projected != dw_hr_.has_value())
+      throw std::invalid_argument("into was made for another layer");
+    dims_ = d;
+    G_ = G;
+    return {MatrixMap<T>(dw_ih_.mutable_data(), G * d.H, d.D),
+            MatrixMap<T>(dw_hh_.mutable_data(), G * d.H, d.state()), data(db_ih_),
+            data(db_hh_), data(dw_hr_), true, &partials_};
+  }
+
+  // (dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr), None for an absent one.
+  py::tuple result() {
+    if (!summed_ && !partials_.empty()) {
+      LayerGrads<T> g = grads(dims_, G_, db_ih_.has_value(), dw_hr_.has_value());
+      const Index per = partial_size(dims_, G_, dw_hr_.has_value());
+      add_partials(dims_, G_, g, partials_.data(), int(Index(partials_.size()) / per) + 1);
+    }
+    summed_ = true;
+    return py::make_tuple(dw_ih_, dw_hh_, db_ih_, db_hh_, dw_hr_);
+  }
+
+ private:
+  static Array<T> zeros_of(const std::vector<py::ssize_t>& shape) {
+    Array<T> a(shape);
+    std::fill(a.mutable_data(), a.mutable_data() + a.size(), T(0));
+    return a;
+  }
+  static Array<T> zeros(const Array<T>& like) {
+    return zeros_of(std::vector<py::ssize_t>(like.shape(), like.shape() + like.ndim()));
+  }
+  static T* data(std::optional<Array<T>>& a) { return a ? a->mutable_data() : nullptr; }
+
+  Array<T> dw_ih_, dw_hh_;
+  std::optional<Array<T>> db_ih_, db_hh_, dw_hr_;
+  std::vector<T> partials_;
+  Dims dims_{};
+  Index G_ = 1;
+  bool summed_ = false;
+};
+
+// The steps a checkpointed segment must start at a multiple of for its products to be those of
+// the whole call of T steps there (python/rnnfast/_checkpointed.py): backward's windows
+// (WindowGrads::window_steps) and, where the input side goes by chunks, InputSide::kChunk; per
+// chunk of the batch when it is split. Where the input side is one product over all B·T rows,
+// B times the unit is a multiple of kPanelRows: Eigen's kernel computes the rows of such a
+// product kPanelRows at a time and the last few otherwise, so a segment's rows must make
+// whole groups for each to be computed as in the whole product. `threads` as the call will be
+// allowed.
+constexpr Index kPanelRows = 8;  // Eigen's gebp_traits nr is 4 or 8
+
+template <typename T>
+Index segment_unit(Index G, Index B, Index T_, Index D, Index H, Index P, int threads) {
+  if (B < 1 || T_ < 1 || D < 1 || H < 1 || P < 0 || G < 1 || threads < 1)
+    throw std::invalid_argument("segment_unit: sizes must be positive");
+  const ThreadShare share(threads);
+  const Dims d{B, T_, D, H, P};
+  const int n = split_count(d, G);
+  const bool helper = n == 1 && uses_helper(d, G);
+  Index unit = 1;
+  for (int k = 0; k < n; ++k) {
+    const Dims dk = d.with_batch(B * (k + 1) / n - B * k / n);
+    unit = std::lcm(unit, WindowGrads<T>::window_steps(dk, G * H, helper));
+    if (InputSide<T>::chunked(dk, G * H, helper))
+      unit = std::lcm(unit, InputSide<T>::kChunk);
+    else
+      unit = std::lcm(unit, kPanelRows / std::gcd(kPanelRows, dk.B));
+  }
+  return unit;
+}
+
 // A layer call's computation with the arrays it reads and writes. run_or_defer runs it at once
 // with the GIL released, or with defer=True hands it back, for run_concurrently to run several
 // at the same time (the two directions of a bidirectional layer). It keeps its inputs alive.
@@ -230,8 +339,10 @@ template <typename T>
 py::object rnn_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                      const std::string& nonlinearity, bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+                      const std::string& nonlinearity, bool reverse, bool defer,
+                      Index plan_steps, Index offset) {
+  Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+  set_plan(d, plan_steps, offset);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 1);
   const auto* l = lengths_ptr(lengths, d.B, d.T);
@@ -254,8 +365,10 @@ py::object rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
                        const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                        const std::optional<Lengths>& lengths, const std::string& nonlinearity,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms, bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+                       bool grad_norms, bool reverse, bool defer, Index plan_steps,
+                       Index offset, GradSum<T>* into) {
+  Dims d = layer_dims<T>(x, w_ih, w_hh, 1);
+  set_plan(d, plan_steps, offset);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
   expect_shape(dy, {d.B, d.T, d.H}, "dy");
@@ -265,19 +378,23 @@ py::object rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
   const auto f = activation(nonlinearity);
   const bool bias = b_ih.has_value();
 
+  const Index own = into == nullptr ? 1 : 0;  // without into, this call's own gradients
   Array<T> dx = new_array<T>({d.B, d.T, d.D});
   Array<T> dh0 = new_array<T>({d.B, d.H});
-  Array<T> dw_ih = new_array<T>({d.H, d.D});
-  Array<T> dw_hh = new_array<T>({d.H, d.H});
-  Array<T> db_ih = new_array<T>({bias ? d.H : Index(0)});
-  Array<T> db_hh = new_array<T>({bias ? d.H : Index(0)});
+  Array<T> dw_ih = new_array<T>({own * d.H, d.D});
+  Array<T> dw_hh = new_array<T>({own * d.H, d.H});
+  Array<T> db_ih = new_array<T>({bias ? own * d.H : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? own * d.H : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   auto dh_prev = std::make_shared<Buffer<T>>(static_cast<size_t>(d.B * d.H));
 
-  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), d.H, d.D),
-                  MatrixMap<T>(dw_hh.mutable_data(), d.H, d.H),
-                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
+  LayerGrads<T> g = into != nullptr
+      ? into->grads(d, 1, bias, false)
+      : LayerGrads<T>{MatrixMap<T>(dw_ih.mutable_data(), d.H, d.D),
+                      MatrixMap<T>(dw_hh.mutable_data(), d.H, d.H),
+                      bias ? db_ih.mutable_data() : nullptr,
+                      bias ? db_hh.mutable_data() : nullptr};
   const rnn::Workspace<T> ws{dh_prev->data()};
   T* dx_p = dx.mutable_data();
   T* dh0_p = dh0.mutable_data();
@@ -285,10 +402,13 @@ py::object rnn_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
           *dh_n_p = dh_n.data();
   py::object none = py::none();
   return run_or_defer(
-      with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                   bias ? py::object(db_hh) : none),
+      with_norms<T>(py::make_tuple(dx, dh0, own ? py::object(dw_ih) : none,
+                                   own ? py::object(dw_hh) : none,
+                                   bias && own ? py::object(db_ih) : none,
+                                   bias && own ? py::object(db_hh) : none),
                     grad_norms, norms),
-      py::make_tuple(x, h0, y, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n), [=]() mutable {
+      py::make_tuple(x, h0, y, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n, py::cast(into)),
+      [=]() mutable {
         (void)dh_prev;  // the workspace lives as long as the job
         rnn::backward<T>(dx_p, dh0_p, g, x_p, h0_p, y_p, w, l, f, dy_p, dh_n_p, opt, reverse,
                          ws, d);
@@ -301,7 +421,7 @@ void def_rnn(py::module_& m) {
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("nonlinearity"),
-        py::arg("reverse") = false, py::arg("defer") = false,
+        py::arg("reverse") = false, py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
         "One RNN layer over the whole sequence. Returns (y (B, T, H), h_n (B, H)). " REVERSE_DOC);
   m.def("rnn_backward", &rnn_backward<T>, py::arg("x").noconvert(), py::arg("h0").noconvert(),
         py::arg("y").noconvert(), py::arg("weight_ih").noconvert(),
@@ -309,7 +429,8 @@ void def_rnn(py::module_& m) {
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("nonlinearity"), py::arg("dy").noconvert(), py::arg("dh_n").noconvert(),
         py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
-        py::arg("defer") = false,
+        py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
+        py::arg("into").none(true) = nullptr,
         "Backpropagation through time for one RNN layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
@@ -338,8 +459,10 @@ py::object lstm_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& c
                         const Array<T>& w_ih, const Array<T>& w_hh,
                         const std::optional<Array<T>>& b_ih, const std::optional<Array<T>>& b_hh,
                         const std::optional<Lengths>& lengths, bool reverse,
-                        const std::optional<Array<T>>& w_hr, bool defer) {
-  const Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+                        const std::optional<Array<T>>& w_hr, bool defer, Index plan_steps,
+                        Index offset) {
+  Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+  set_plan(d, plan_steps, offset);
   const Index S = d.state();
   expect_shape(h0, {d.B, S}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -369,8 +492,9 @@ py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& 
                          const std::optional<Lengths>& lengths, const Array<T>& dy,
                          const Array<T>& dh_n, const Array<T>& dc_n, double clip_per_step,
                          bool grad_norms, bool reverse, const std::optional<Array<T>>& w_hr,
-                         bool defer) {
-  const Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+                         bool defer, Index plan_steps, Index offset, GradSum<T>* into) {
+  Dims d = lstm_dims<T>(x, w_ih, w_hh, w_hr);
+  set_plan(d, plan_steps, offset);
   const Index S = d.state();
   expect_shape(h0, {d.B, S}, "h0");
   expect_shape(c0, {d.B, d.H}, "c0");
@@ -386,14 +510,15 @@ py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& 
   const bool bias = b_ih.has_value();
   const Index GH = 4 * d.H;
 
+  const Index own = into == nullptr ? 1 : 0;  // without into, this call's own gradients
   Array<T> dx = new_array<T>({d.B, d.T, d.D});
   Array<T> dh0 = new_array<T>({d.B, S});
   Array<T> dc0 = new_array<T>({d.B, d.H});
-  Array<T> dw_ih = new_array<T>({GH, d.D});
-  Array<T> dw_hh = new_array<T>({GH, S});
-  Array<T> db_ih = new_array<T>({bias ? GH : Index(0)});
-  Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
-  Array<T> dw_hr = new_array<T>({w_hr ? d.P : Index(0), w_hr ? d.H : Index(0)});
+  Array<T> dw_ih = new_array<T>({own * GH, d.D});
+  Array<T> dw_hh = new_array<T>({own * GH, S});
+  Array<T> db_ih = new_array<T>({bias ? own * GH : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? own * GH : Index(0)});
+  Array<T> dw_hr = new_array<T>({w_hr ? own * d.P : Index(0), w_hr ? d.H : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   // c_prev only where a reverse walk with lengths may need it (lstm::workspace_size)
@@ -401,10 +526,13 @@ py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& 
   auto steps = std::make_shared<Buffer<T>>(
       static_cast<size_t>(lstm::workspace_size(d, mixed_prev)));
 
-  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
-                  MatrixMap<T>(dw_hh.mutable_data(), GH, S),
-                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr,
-                  w_hr ? dw_hr.mutable_data() : nullptr};
+  LayerGrads<T> g = into != nullptr
+      ? into->grads(d, 4, bias, w_hr.has_value())
+      : LayerGrads<T>{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
+                      MatrixMap<T>(dw_hh.mutable_data(), GH, S),
+                      bias ? db_ih.mutable_data() : nullptr,
+                      bias ? db_hh.mutable_data() : nullptr,
+                      w_hr ? dw_hr.mutable_data() : nullptr};
   const lstm::Workspace<T> ws = lstm::workspace_at(steps->data(), d, mixed_prev);
   T *dx_p = dx.mutable_data(), *dh0_p = dh0.mutable_data(), *dc0_p = dc0.mutable_data();
   const T *x_p = x.data(), *h0_p = h0.data(), *c0_p = c0.data(), *y_p = y.data(),
@@ -412,12 +540,14 @@ py::object lstm_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& 
           *dc_n_p = dc_n.data();
   py::object none = py::none();
   return run_or_defer(
-      with_norms<T>(py::make_tuple(dx, dh0, dc0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                   bias ? py::object(db_hh) : none,
-                                   w_hr ? py::object(dw_hr) : none),
+      with_norms<T>(py::make_tuple(dx, dh0, dc0, own ? py::object(dw_ih) : none,
+                                   own ? py::object(dw_hh) : none,
+                                   bias && own ? py::object(db_ih) : none,
+                                   bias && own ? py::object(db_hh) : none,
+                                   w_hr && own ? py::object(dw_hr) : none),
                     grad_norms, norms),
       py::make_tuple(x, h0, c0, y, gates, c, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n, dc_n,
-                     w_hr),
+                     w_hr, py::cast(into)),
       [=]() mutable {
         (void)steps;  // the workspace lives as long as the job
         lstm::backward<T>(dx_p, dh0_p, dc0_p, g, x_p, h0_p, c0_p, y_p, gates_p, c_p, w, l,
@@ -432,7 +562,7 @@ void def_lstm(py::module_& m) {
         py::arg("weight_hh").noconvert(), py::arg("bias_ih").noconvert().none(true),
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("reverse") = false, py::arg("weight_hr").noconvert().none(true) = py::none(),
-        py::arg("defer") = false,
+        py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
         "One LSTM layer over the whole sequence. Returns (y (B, T, S), h_n (B, S), c_n (B, H), "
         "gates (B, T, 4H), c (B, T, H)); gates (activated i, f, g, o) and c are for backward. "
         "S = H, or P with weight_hr (P, H), the projection h_t = W_hr (o ⊙ tanh(c_t)). "
@@ -444,7 +574,9 @@ void def_lstm(py::module_& m) {
         py::arg("bias_hh").noconvert().none(true), py::arg("lengths").noconvert().none(true),
         py::arg("dy").noconvert(), py::arg("dh_n").noconvert(), py::arg("dc_n").noconvert(),
         py::arg("clip_per_step") = 0.0, py::arg("grad_norms") = false, py::arg("reverse") = false,
-        py::arg("weight_hr").noconvert().none(true) = py::none(), py::arg("defer") = false,
+        py::arg("weight_hr").noconvert().none(true) = py::none(),
+        py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
+        py::arg("into").none(true) = nullptr,
         "Backpropagation through time for one LSTM layer. "
         "Returns (dx, dh0, dc0, dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr); the "
         "biases' are None when the layer has none, dweight_hr without weight_hr. "
@@ -455,8 +587,9 @@ template <typename T>
 py::object gru_forward(const Array<T>& x, const Array<T>& h0, const Array<T>& w_ih,
                       const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                       const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
-                      bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+                      bool reverse, bool defer, Index plan_steps, Index offset) {
+  Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+  set_plan(d, plan_steps, offset);
   expect_shape(h0, {d.B, d.H}, "h0");
   const auto w = weights<T>(w_ih, w_hh, b_ih, b_hh, d, 3);
   const auto* l = lengths_ptr(lengths, d.B, d.T);
@@ -483,8 +616,10 @@ py::object gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
                        const Array<T>& w_hh, const std::optional<Array<T>>& b_ih,
                        const std::optional<Array<T>>& b_hh, const std::optional<Lengths>& lengths,
                        const Array<T>& dy, const Array<T>& dh_n, double clip_per_step,
-                       bool grad_norms, bool reverse, bool defer) {
-  const Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+                       bool grad_norms, bool reverse, bool defer, Index plan_steps,
+                       Index offset, GradSum<T>* into) {
+  Dims d = layer_dims<T>(x, w_ih, w_hh, 3);
+  set_plan(d, plan_steps, offset);
   expect_shape(h0, {d.B, d.H}, "h0");
   expect_shape(y, {d.B, d.T, d.H}, "y");
   expect_shape(gates, {d.B, d.T, 3 * d.H}, "gates");
@@ -496,12 +631,13 @@ py::object gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
   const bool bias = b_ih.has_value();
   const Index GH = 3 * d.H;
 
+  const Index own = into == nullptr ? 1 : 0;  // without into, this call's own gradients
   Array<T> dx = new_array<T>({d.B, d.T, d.D});
   Array<T> dh0 = new_array<T>({d.B, d.H});
-  Array<T> dw_ih = new_array<T>({GH, d.D});
-  Array<T> dw_hh = new_array<T>({GH, d.H});
-  Array<T> db_ih = new_array<T>({bias ? GH : Index(0)});
-  Array<T> db_hh = new_array<T>({bias ? GH : Index(0)});
+  Array<T> dw_ih = new_array<T>({own * GH, d.D});
+  Array<T> dw_hh = new_array<T>({own * GH, d.H});
+  Array<T> db_ih = new_array<T>({bias ? own * GH : Index(0)});
+  Array<T> db_hh = new_array<T>({bias ? own * GH : Index(0)});
   Array<T> norms = new_array<T>({grad_norms ? d.B : Index(0), grad_norms ? d.T : Index(0)});
   const auto opt = step_options<T>(clip_per_step, grad_norms, norms);
   auto dah = std::make_shared<Buffer<T>>(static_cast<size_t>(d.B * GH));
@@ -509,9 +645,12 @@ py::object gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
   const bool mixed_prev = reverse && l != nullptr;
   auto steps = std::make_shared<Buffer<T>>(static_cast<size_t>((mixed_prev ? 3 : 2) * d.B * d.H));
 
-  LayerGrads<T> g{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
-                  MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
-                  bias ? db_ih.mutable_data() : nullptr, bias ? db_hh.mutable_data() : nullptr};
+  LayerGrads<T> g = into != nullptr
+      ? into->grads(d, 3, bias, false)
+      : LayerGrads<T>{MatrixMap<T>(dw_ih.mutable_data(), GH, d.D),
+                      MatrixMap<T>(dw_hh.mutable_data(), GH, d.H),
+                      bias ? db_ih.mutable_data() : nullptr,
+                      bias ? db_hh.mutable_data() : nullptr};
   T* s = steps->data();
   const gru::Workspace<T> ws{dah->data(), s, s + d.B * d.H,
                              mixed_prev ? s + 2 * d.B * d.H : nullptr};
@@ -520,10 +659,13 @@ py::object gru_backward(const Array<T>& x, const Array<T>& h0, const Array<T>& y
           *a_hn_p = a_hn.data(), *dy_p = dy.data(), *dh_n_p = dh_n.data();
   py::object none = py::none();
   return run_or_defer(
-      with_norms<T>(py::make_tuple(dx, dh0, dw_ih, dw_hh, bias ? py::object(db_ih) : none,
-                                   bias ? py::object(db_hh) : none),
+      with_norms<T>(py::make_tuple(dx, dh0, own ? py::object(dw_ih) : none,
+                                   own ? py::object(dw_hh) : none,
+                                   bias && own ? py::object(db_ih) : none,
+                                   bias && own ? py::object(db_hh) : none),
                     grad_norms, norms),
-      py::make_tuple(x, h0, y, gates, a_hn, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n),
+      py::make_tuple(x, h0, y, gates, a_hn, w_ih, w_hh, b_ih, b_hh, lengths, dy, dh_n,
+                     py::cast(into)),
       [=]() mutable {
         (void)dah;  // the workspaces live as long as the job
         (void)steps;
@@ -538,7 +680,7 @@ void def_gru(py::module_& m) {
         py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(),
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("reverse") = false,
-        py::arg("defer") = false,
+        py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
         "One GRU layer over the whole sequence. Returns (y (B, T, H), h_n (B, H), "
         "gates (B, T, 3H), a_hn (B, T, H)); gates (activated r, z, n) and a_hn "
         "(W_hn h_{t-1} + b_hn) are for backward. " REVERSE_DOC);
@@ -548,10 +690,24 @@ void def_gru(py::module_& m) {
         py::arg("bias_ih").noconvert().none(true), py::arg("bias_hh").noconvert().none(true),
         py::arg("lengths").noconvert().none(true), py::arg("dy").noconvert(),
         py::arg("dh_n").noconvert(), py::arg("clip_per_step") = 0.0,
-        py::arg("grad_norms") = false, py::arg("reverse") = false, py::arg("defer") = false,
+        py::arg("grad_norms") = false, py::arg("reverse") = false,
+        py::arg("defer") = false, py::arg("plan_steps") = 0, py::arg("offset") = 0,
+        py::arg("into").none(true) = nullptr,
         "Backpropagation through time for one GRU layer. "
         "Returns (dx, dh0, dweight_ih, dweight_hh, dbias_ih, dbias_hh); the biases' are None "
         "when the layer has none. " STEP_OPTIONS_DOC);
+}
+
+template <typename T>
+void def_grad_sum(py::module_& m, const char* name) {
+  py::class_<GradSum<T>>(m, name, "The weight gradients of a checkpointed backward, summed "
+                                  "over its segments: pass as into= to each segment's backward, "
+                                  "then take result().")
+      .def(py::init<const Array<T>&, const Array<T>&, bool, const std::optional<Array<T>>&>(),
+           py::arg("weight_ih").noconvert(), py::arg("weight_hh").noconvert(), py::arg("bias"),
+           py::arg("weight_hr").noconvert().none(true) = py::none())
+      .def("result", &GradSum<T>::result,
+           "(dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr), None for an absent one.");
 }
 
 // True when no element is NaN or infinite. The models call it on x and dy at every step, so it
@@ -583,6 +739,18 @@ PYBIND11_MODULE(RNNFAST_MODULE, m) {
   def_lstm<double>(m);
   def_gru<float>(m);
   def_gru<double>(m);
+
+  def_grad_sum<float>(m, "GradSum32");
+  def_grad_sum<double>(m, "GradSum64");
+  m.def("segment_unit", &segment_unit<float>, py::arg("gates"), py::arg("batch"),
+        py::arg("steps"), py::arg("input_size"), py::arg("hidden_size"), py::arg("proj_size"),
+        py::arg("threads"));
+  m.def("segment_unit64", &segment_unit<double>, py::arg("gates"), py::arg("batch"),
+        py::arg("steps"), py::arg("input_size"), py::arg("hidden_size"), py::arg("proj_size"),
+        py::arg("threads"),
+        "segment_unit (float32) and segment_unit64 (float64): the steps that the segments of "
+        "a checkpointed backward over `steps` steps start at multiples of, for their products "
+        "to be the whole call's.");
 
   py::class_<Deferred>(m, "Deferred", "A layer call made with defer=True: pass it to "
                                       "run_concurrently.");

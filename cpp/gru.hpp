@@ -152,7 +152,7 @@ void forward(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0, const Lay
     const ForwardWorkspace<T> w_{ws.ah + b0 * 3 * H};
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H,
                     x + b0 * T_ * D, h0 + b0 * H, w, lengths == nullptr ? nullptr : lengths + b0,
-                    reverse, w_, Dims{b1 - b0, T_, D, H}, nullptr);
+                    reverse, w_, d.with_batch(b1 - b0), nullptr);
   });
 }
 
@@ -278,7 +278,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, gates + b0 * T_ * 3 * H, a_hn + b0 * T_ * H, w,
                      lengths == nullptr ? nullptr : lengths + b0, dy + b0 * T_ * H,
-                     dh_n + b0 * H, o, reverse, ws_k, Dims{b1 - b0, T_, D, H}, helper);
+                     dh_n + b0 * H, o, reverse, ws_k, d.with_batch(b1 - b0), helper);
   });
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "views.hpp"
 
@@ -11,7 +12,19 @@ namespace rnnfast {
 struct Dims {
   Index B, T, D, H;
   Index P = 0;  // the LSTM's proj_size: h_t has P units, c_t H; 0 for none
+  // The call decides how it uses threads and how backward groups steps into windows as a call
+  // of `plan` steps would (0: T). A checkpointed backward (python/rnnfast/_checkpointed.py)
+  // runs segments of a T-step sequence with plan = T, so that each segment's products are
+  // those of the whole call on the same rows, in the same order.
+  Index plan = 0;
+  Index offset = 0;  // the call's step 0 is step `offset` of the planned call
   Index state() const { return P > 0 ? P : H; }  // units of h_t, the state other steps read
+  Index plan_steps() const { return plan > 0 ? plan : T; }
+  Dims with_batch(Index rows) const {  // the same call on `rows` of the sequences
+    Dims d = *this;
+    d.B = rows;
+    return d;
+  }
 };
 
 // lengths == nullptr means every sequence runs all T steps.
@@ -41,6 +54,8 @@ struct LayerWeights {
 };
 
 // Where the gradients of one layer's parameters go (same shapes as LayerWeights).
+// Overwritten by a backward call, or with `accumulate` added to: a checkpointed backward sums
+// its segments into the same arrays, step after step as one call over all T steps would.
 template <typename T>
 struct LayerGrads {
   MatrixMap<T> dw_ih;  // (G*H, D)
@@ -48,6 +63,10 @@ struct LayerGrads {
   T* db_ih;            // (G*H,), nullptr when the layer has no bias
   T* db_hh;            // (G*H,), nullptr when the layer has no bias
   T* dw_hr = nullptr;  // (P, H), nullptr for none
+  bool accumulate = false;
+  // With accumulate and the batch split over threads (threads.hpp split_backward): the sums
+  // of chunks 1, 2, ..., kept across calls and added to the rest after the last one.
+  std::vector<T>* partials = nullptr;
 };
 
 }  // namespace rnnfast

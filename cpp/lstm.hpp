@@ -175,7 +175,7 @@ void forward(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0, cons
     forward_rows<T>(y + b0 * T_ * S, h_n + b0 * S, c_n + b0 * H, gates + b0 * T_ * 4 * H,
                     c + b0 * T_ * H, x + b0 * T_ * D, h0 + b0 * S, c0 + b0 * H, w,
                     lengths == nullptr ? nullptr : lengths + b0, reverse,
-                    Dims{b1 - b0, T_, D, H, d.P}, nullptr);
+                    d.with_batch(b1 - b0), nullptr);
   });
 }
 
@@ -260,7 +260,7 @@ void backward_rows(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T*
   std::optional<BackwardRecurrent<T>> unproject;
   if (projected) {
     unproject.emplace(ConstMatrixMap<T>(w.w_hr, S, H), B);
-    MatrixMap<T>(g.dw_hr, S, H).setZero();
+    if (!g.accumulate) MatrixMap<T>(g.dw_hr, S, H).setZero();
   }
   MatrixMap<T> m(ws.m, projected ? B : 0, H), dm(ws.dm, projected ? B : 0, H);
   const MatrixMap<T>& dm_or_dh = projected ? dm : dh_total;  // dL/d(o ⊙ tanh c_t)
@@ -333,7 +333,7 @@ void backward(T* dx, T* dh0, T* dc0, LayerGrads<T>& g, const T* x, const T* h0, 
                      h0 + b0 * S, c0 + b0 * H, y + b0 * T_ * S, gates + b0 * T_ * 4 * H,
                      c + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0,
                      dy + b0 * T_ * S, dh_n + b0 * S, dc_n + b0 * H, o, reverse, ws_k,
-                     Dims{b1 - b0, T_, D, H, d.P}, helper);
+                     d.with_batch(b1 - b0), helper);
   });
 }
 

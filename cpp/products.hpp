@@ -200,19 +200,20 @@ using BackwardRecurrent = RecurrentProduct<T, false>;  // dL/da_t W_hh
 // them, with W_ih packed once per call: the loop then finds them in L2. Written all at once,
 // the 16 MB array of (16, 1000, 32, 64) went out to memory and came back (LSTM and GRU steps
 // 5-8 % slower). Otherwise one product over all B·T rows, before the loop.
-// A reverse layer's loop reaches its steps from T - 1 down; chunks are then taken in that
-// order, chunk k being the k-th kChunk steps of the walk.
+// Chunks are steps [q·kChunk, (q+1)·kChunk) in either direction, so that a call over steps
+// a multiple of kChunk into a longer one (a checkpointed segment, layer.hpp Dims::plan) has
+// the same chunks there; a reverse layer's loop takes them from the last down.
 template <typename T>
 class InputSide {
  public:
   using Bias = Eigen::Matrix<T, 1, Eigen::Dynamic>;
+  static constexpr Index kChunk = 16;
 
   InputSide(T* a, const T* x, ConstMatrixMap<T> w_ih, Bias bias, const Dims& d,
             Helper* helper = nullptr, bool reverse = false)
       : a_(a), x_(x), w_ih_(w_ih), bias_(std::move(bias)), d_(d), GH_(w_ih.rows()),
-        reverse_(reverse), helper_(helper) {
+        reverse_(reverse), helper_(helper), chunks_((d.T + kChunk - 1) / kChunk) {
     if (helper_ != nullptr) {
-      chunks_ = (d.T + kChunk - 1) / kChunk;
       written_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(chunks_));
       for (Index k = 0; k < chunks_; ++k) written_[k].store(false, std::memory_order_relaxed);
       task_.assign([this] {
@@ -222,9 +223,15 @@ class InputSide {
       helper_->offer(task_);
       return;
     }
-    const Index step_bytes = d.B * GH_ * Index(sizeof(T));
-    if (d.T > kChunk && step_bytes <= kMaxStepBytes && step_bytes * d.T > kMinArrayBytes)
-      chunk_product_.emplace(w_ih, kChunk);
+    if (chunked(d, GH_, false)) chunk_product_.emplace(w_ih, kChunk);
+  }
+
+  // Whether the steps are written chunk by chunk (with the helper, or packed W_ih), as
+  // decided for a call of d.plan_steps() steps.
+  static bool chunked(const Dims& d, Index GH, bool helper) {
+    if (helper) return true;
+    const Index step_bytes = d.B * GH * Index(sizeof(T)), T_ = d.plan_steps();
+    return T_ > kChunk && step_bytes <= kMaxStepBytes && step_bytes * T_ > kMinArrayBytes;
   }
 
   ~InputSide() {
@@ -233,14 +240,17 @@ class InputSide {
   InputSide(const InputSide&) = delete;
   InputSide& operator=(const InputSide&) = delete;
 
-  // Step t and those after it in the walk are written as far as the next chunk. Call with
-  // t = 0, 1, 2, ... (T - 1, T - 2, ... when reverse).
+  // Step t and those after it in the walk are written as far as the end of t's chunk. Call
+  // with t = 0, 1, 2, ... (T - 1, T - 2, ... when reverse).
   void reach(Index t) {
     const Index B = d_.B, T_ = d_.T, D = d_.D;
     const Index s = reverse_ ? T_ - 1 - t : t;  // the step's place in the walk
     if (s < done_) return;
+    const Index q = t / kChunk;  // its chunk
+    // the walk's steps up to the end of chunk q
+    const Index through = reverse_ ? T_ - q * kChunk : std::min(T_, (q + 1) * kChunk);
     if (helper_ != nullptr) {
-      const Index k = s / kChunk;
+      const Index k = reverse_ ? chunks_ - 1 - q : q;  // its place in the walk
       SpinWait wait;
       while (!written_[k].load(std::memory_order_acquire)) {
         if (claim_and_write() < chunks_) continue;
@@ -248,7 +258,7 @@ class InputSide {
         if (task_.done()) helper_->finish(task_);
         wait();
       }
-      done_ = std::min(T_, (k + 1) * kChunk);
+      done_ = through;
       return;
     }
     if (!chunk_product_) {  // all steps, one product
@@ -256,14 +266,12 @@ class InputSide {
       done_ = T_;
       return;
     }
-    const Index steps = std::min(kChunk, T_ - s);
-    write_steps(reverse_ ? T_ - s - steps : t, steps,
-                steps == kChunk ? &*chunk_product_ : nullptr);
-    done_ = s + steps;
+    const Index steps = std::min(kChunk, T_ - q * kChunk);
+    write_steps(q * kChunk, steps, steps == kChunk ? &*chunk_product_ : nullptr);
+    done_ = through;
   }
 
  private:
-  static constexpr Index kChunk = 16;
   static constexpr Index kMaxStepBytes = Index(16) << 10, kMinArrayBytes = Index(1) << 20;
 
   void write(MatrixMap<T> a, ConstMatrixMap<T> x, RecurrentProduct<T, true>* packed) {
@@ -284,13 +292,13 @@ class InputSide {
             ConstMatrixMap<T>(x_ + (b * d_.T + t) * d_.D, steps, d_.D), packed);
   }
 
-  // With the helper: takes the next unclaimed chunk, writes it and returns its number, or
-  // returns chunks_ or more when none is left. Run by both threads.
+  // With the helper: takes the next unclaimed chunk in the walk's order, writes it and returns
+  // its place in the walk, or returns chunks_ or more when none is left. Run by both threads.
   Index claim_and_write() {
     const Index k = next_.fetch_add(1, std::memory_order_relaxed);
     if (k >= chunks_) return k;
-    const Index s = k * kChunk, steps = std::min(kChunk, d_.T - s);
-    write_steps(reverse_ ? d_.T - s - steps : s, steps, nullptr);
+    const Index q = reverse_ ? chunks_ - 1 - k : k;
+    write_steps(q * kChunk, std::min(kChunk, d_.T - q * kChunk), nullptr);
     written_[k].store(true, std::memory_order_release);
     return k;
   }

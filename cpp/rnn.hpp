@@ -85,7 +85,7 @@ void forward(T* y, T* h_n, const T* x, const T* h0, const LayerWeights<T>& w,
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     forward_rows<T>(y + b0 * T_ * H, h_n + b0 * H, x + b0 * T_ * D, h0 + b0 * H, w,
                     lengths == nullptr ? nullptr : lengths + b0, f, reverse,
-                    Dims{b1 - b0, T_, D, H}, nullptr);
+                    d.with_batch(b1 - b0), nullptr);
   });
 }
 
@@ -146,7 +146,7 @@ void backward(T* dx, T* dh0, LayerGrads<T>& g, const T* x, const T* h0, const T*
     backward_rows<T>(dx + b0 * T_ * D, dh0 + b0 * H, g_k, x + b0 * T_ * D, h0 + b0 * H,
                      y + b0 * T_ * H, w, lengths == nullptr ? nullptr : lengths + b0, f,
                      dy + b0 * T_ * H, dh_n + b0 * H, o, reverse, Workspace<T>{ws.dh_prev + b0 * H},
-                     Dims{b1 - b0, T_, D, H}, helper);
+                     d.with_batch(b1 - b0), helper);
   });
 }
 

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <exception>
 #include <mutex>
+#include <stdexcept>
 #include <thread>
 #include <utility>
 #include <vector>
@@ -57,7 +58,8 @@ struct ThreadShare {
 inline int split_count(const Dims& d, Index G) {
   const int n = allowed_threads();
   if (n <= 1 || d.B < 2) return 1;
-  const double macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D + d.state());
+  const double macs =
+      double(d.B) * double(d.plan_steps()) * double(G * d.H) * double(d.D + d.state());
   if (macs < double(1 << 22)) return 1;
   return int(std::min<Index>(n, d.B));
 }
@@ -65,12 +67,17 @@ inline int split_count(const Dims& d, Index G) {
 // The helper thread's share of a layer call whose batch is not split (helper.hpp): the input
 // side ahead of forward's loop and the window products behind backward's. Only with at least
 // 2 threads allowed, and with enough of that work to pay for handing it over (input side
-// ≥ 2^18 MACs, ~10 µs) in pieces of a few steps (T ≥ 32). nullptr: the call runs serially.
+// ≥ 2^18 MACs, ~10 µs) in pieces of a few steps (T ≥ 32). Decided for d.plan_steps() steps.
+inline bool uses_helper(const Dims& d, Index G) {
+  if (allowed_threads() < 2 || split_count(d, G) != 1) return false;
+  const Index T_ = d.plan_steps();
+  const double input_macs = double(d.B) * double(T_) * double(G * d.H) * double(d.D);
+  return T_ >= 32 && input_macs >= double(1 << 18);
+}
+
+// The helper when the call uses it (uses_helper); nullptr: the call runs serially.
 inline Helper* helper_for(const Dims& d, Index G) {
-  if (allowed_threads() < 2 || split_count(d, G) != 1) return nullptr;
-  const double input_macs = double(d.B) * double(d.T) * double(G * d.H) * double(d.D);
-  if (d.T < 32 || input_macs < double(1 << 18)) return nullptr;
-  return Helper::get();
+  return uses_helper(d, G) ? Helper::get() : nullptr;
 }
 
 // fn(begin, end) for `chunks` contiguous chunks of [0, n): chunk k is [n·k/chunks,
@@ -127,11 +134,36 @@ void parallel_chunks(Index n, int chunks, F&& fn) {
   if (error) std::rethrow_exception(error);
 }
 
+// Adds the chunk sums `partial` (chunks 1 .. n-1, split_backward's layout) to g, in chunk
+// order.
+template <typename T>
+void add_partials(const Dims& d, Index G, LayerGrads<T>& g, const T* partial, int n) {
+  const Index GH = G * d.H, S = d.state(), PH = g.dw_hr != nullptr ? d.P * d.H : 0,
+              per = GH * (d.D + S) + 2 * GH + PH;
+  for (int k = 1; k < n; ++k) {
+    const T* p = partial + (k - 1) * per;
+    g.dw_ih += ConstMatrixMap<T>(p, GH, d.D);
+    g.dw_hh += ConstMatrixMap<T>(p + GH * d.D, GH, S);
+    p += GH * (d.D + S);
+    if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, GH) += ConstRowVectorMap<T>(p, GH);
+    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, GH) += ConstRowVectorMap<T>(p + GH, GH);
+    if (PH > 0) RowVectorMap<T>(g.dw_hr, PH) += ConstRowVectorMap<T>(p + 2 * GH, PH);
+  }
+}
+
+// The values per chunk in split_backward's layout of chunk sums.
+inline Index partial_size(const Dims& d, Index G, bool projected) {
+  const Index GH = G * d.H;
+  return GH * (d.D + d.state()) + 2 * GH + (projected ? d.P * d.H : 0);
+}
+
 // A layer's backward on its batch split over threads (split_count), like forward: run(b0, b1,
 // g_k, helper) does sequences [b0, b1) and writes their weight gradients to g_k; helper is the
 // helper thread when the batch is not split (helper_for), else nullptr. Chunk 0 writes to g;
 // the others to buffers of their own, added to g in chunk order afterwards, so the result
 // depends only on the thread count. With one chunk it is exactly the serial code.
+// With g.accumulate, every chunk adds to its sums, and the others' buffers are
+// *g.partials, kept for the caller to add (add_partials) after the last call.
 template <typename T, typename Run>
 void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
   const int n = split_count(d, G);
@@ -140,28 +172,31 @@ void split_backward(const Dims& d, Index G, LayerGrads<T>& g, Run&& run) {
     return;
   }
   const Index GH = G * d.H, S = d.state(), PH = g.dw_hr != nullptr ? d.P * d.H : 0,
-              per = GH * (d.D + S) + 2 * GH + PH;
-  Buffer<T> partial(static_cast<std::size_t>((n - 1) * per));
+              per = partial_size(d, G, PH > 0);
+  const auto size = static_cast<std::size_t>((n - 1) * per);
+  Buffer<T> own(g.accumulate ? 0 : size);
+  T* partial = own.data();
+  if (g.accumulate) {
+    if (g.partials->empty()) g.partials->assign(size, T(0));
+    if (g.partials->size() != size)
+      throw std::runtime_error("the number of threads changed between the segments of a "
+                               "checkpointed backward");
+    partial = g.partials->data();
+  }
   std::vector<LayerGrads<T>> parts;
   for (int k = 1; k < n; ++k) {
-    T* p = partial.data() + (k - 1) * per;
+    T* p = partial + (k - 1) * per;
     parts.push_back({MatrixMap<T>(p, GH, d.D), MatrixMap<T>(p + GH * d.D, GH, S),
                      g.db_ih != nullptr ? p + GH * (d.D + S) : nullptr,
                      g.db_hh != nullptr ? p + GH * (d.D + S) + GH : nullptr,
-                     PH > 0 ? p + GH * (d.D + S) + 2 * GH : nullptr});
+                     PH > 0 ? p + GH * (d.D + S) + 2 * GH : nullptr, g.accumulate});
   }
   parallel_chunks(d.B, n, [&](Index b0, Index b1) {
     int k = 0;
     while (d.B * k / n != b0) ++k;  // this chunk's number (parallel_chunks' split)
     run(b0, b1, k == 0 ? g : parts[k - 1], nullptr);
   });
-  for (const LayerGrads<T>& p : parts) {
-    g.dw_ih += p.dw_ih;
-    g.dw_hh += p.dw_hh;
-    if (g.db_ih != nullptr) RowVectorMap<T>(g.db_ih, GH) += RowVectorMap<T>(p.db_ih, GH);
-    if (g.db_hh != nullptr) RowVectorMap<T>(g.db_hh, GH) += RowVectorMap<T>(p.db_hh, GH);
-    if (PH > 0) RowVectorMap<T>(g.dw_hr, PH) += RowVectorMap<T>(p.dw_hr, PH);
-  }
+  if (!g.accumulate) add_partials(d, G, g, partial, n);
 }
 
 }  // namespace rnnfast

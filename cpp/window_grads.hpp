@@ -40,7 +40,7 @@ class WindowGrads {
   WindowGrads(const Dims& d, Index GH, const T* x, const T* y, const T* h0, T* dx,
               const LayerWeights<T>& w, LayerGrads<T>& g, Helper* helper,
               ToRecurrent to_recurrent = nullptr, const Walk& walk = Walk{})
-      : d_(d), GH_(GH), W_(window_steps(d, GH, helper)), windows_((d.T + W_ - 1) / W_),
+      : d_(d), GH_(GH), W_(window_steps(d, GH, helper != nullptr)), windows_((d.T + W_ - 1) / W_),
         buffers_(helper != nullptr ? kHelperBuffers : 1), x_(x), y_(y), h0_(h0), dx_(dx),
         w_(w), g_(g), to_recurrent_(std::move(to_recurrent)), walk_(walk), helper_(helper),
         separate_dx_(helper != nullptr && d.B == 1),
@@ -48,11 +48,14 @@ class WindowGrads {
         da_(static_cast<std::size_t>(buffers_ * d.B * W_ * GH)),
         xh_(in_place_ ? 0 : static_cast<std::size_t>(d.B * W_ * (d.D + d.state()))),
         dx_w_(d.B > 1 ? static_cast<std::size_t>(d.B * W_ * d.D) : 0),
-        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.state())) : 0) {
-    g_.dw_ih.setZero();
-    g_.dw_hh.setZero();
-    if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
-    if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
+        dw_(column_major_sums(GH, d, W_) ? static_cast<std::size_t>(GH * (d.D + d.state())) : 0),
+        h_prev_(in_place_ && d.offset > 0 ? static_cast<std::size_t>(W_ * d.state()) : 0) {
+    if (!g_.accumulate) {
+      g_.dw_ih.setZero();
+      g_.dw_hh.setZero();
+      if (g_.db_ih != nullptr) RowVectorMap<T>(g_.db_ih, GH).setZero();
+      if (g_.db_hh != nullptr) RowVectorMap<T>(g_.db_hh, GH).setZero();
+    }
     if (helper_ == nullptr) return;
     if (separate_dx_) {
       dx_done_ = std::make_unique<std::atomic<bool>[]>(static_cast<std::size_t>(windows_));
@@ -87,7 +90,7 @@ class WindowGrads {
   // Where the loop writes da of step t, (B, G·H). t goes down from T-1 to 0 (up from 0 when
   // reverse), one step at a time.
   StepMap<T> da(Index t) {
-    const Index j = (walk_.reverse ? t : d_.T - 1 - t) / W_;  // its window
+    const Index j = walk_.reverse ? t / W_ : windows_ - 1 - t / W_;  // its window
     if (j != current_) {
       if (current_ >= 0) hand_over(current_);
       current_ = j;
@@ -109,31 +112,33 @@ class WindowGrads {
       RowVectorMap<T>(g_.db_hh, GH_) = RowVectorMap<T>(g_.db_ih, GH_);
   }
 
- private:
   // At least 1024 rows per window (fewer slow the products), or all T steps; but where that
   // one window would be the whole (B, T, G·H) da and over kHalvedFrom bytes, two windows of
   // half the steps: at batch 1 and 1 thread, the online LSTM's da is 100 KiB of a 0.39 MiB
   // step, and products of 50 rows instead of 100 cost nothing measurable. With the helper,
   // kHelperWindow steps: the loop's wait for the last window's products is the part the helper
   // cannot take, and shorter windows shorten it.
-  static Index window_steps(const Dims& d, Index GH, const Helper* helper) {
-    if (helper != nullptr) return std::max<Index>(1, std::min(d.T, kHelperWindow));
-    const Index want = d.B > 0 ? (1024 + d.B - 1) / d.B : d.T;
-    if (want >= d.T && d.B * d.T * GH * Index(sizeof(T)) > kHalvedFrom) return (d.T + 1) / 2;
-    return std::max<Index>(1, std::min(d.T, want));
+  static Index window_steps(const Dims& d, Index GH, bool helper) {
+    const Index T_ = d.plan_steps();
+    if (helper) return std::max<Index>(1, std::min(T_, kHelperWindow));
+    const Index want = d.B > 0 ? (1024 + d.B - 1) / d.B : T_;
+    if (want >= T_ && d.B * T_ * GH * Index(sizeof(T)) > kHalvedFrom) return (T_ + 1) / 2;
+    return std::max<Index>(1, std::min(T_, want));
   }
+
+ private:
   static constexpr Index kHalvedFrom = Index(64) << 10;
   static constexpr Index kHelperWindow = 16;
   // With the helper, the loop writes one window's da while up to two earlier ones wait for or
   // go through their products: the loop only waits when the helper is two windows behind.
   static constexpr Index kHelperBuffers = 3;
 
-  // Windows are numbered in the loop's order: window j is steps [t0, t1), t1 = T - j·W
-  // (t0 = j·W when reverse).
+  // Windows are steps [q·W, (q+1)·W), numbered in the loop's order: window j is q = j when
+  // reverse, else the j-th from the last. (In time rather than from the walk's start, so that
+  // a segment of a longer call starting at a multiple of W has that call's windows.)
   std::pair<Index, Index> window(Index j) const {
-    if (walk_.reverse) return {j * W_, std::min(d_.T, (j + 1) * W_)};
-    const Index t1 = d_.T - j * W_;
-    return {std::max<Index>(0, t1 - W_), t1};
+    const Index q = walk_.reverse ? j : windows_ - 1 - j;
+    return {q * W_, std::min(d_.T, (q + 1) * W_)};
   }
   T* window_da(Index j) { return da_.data() + (j % buffers_) * d_.B * W_ * GH_; }
 
@@ -263,10 +268,15 @@ class WindowGrads {
         g_.dw_hh.noalias() += da_w.transpose() * xh.rightCols(H);
       } else if (t0 > 0) {
         g_.dw_hh.noalias() += da_w.transpose() * ConstMatrixMap<T>(y_ + (t0 - 1) * H, steps, H);
-      } else {  // h_{t-1} is h0 at step 0, then y
+      } else if (d_.offset == 0) {  // h_{t-1} is h0 at step 0, then y
         g_.dw_hh.noalias() += da_w.topRows(1).transpose() * ConstMatrixMap<T>(h0_, 1, H);
         g_.dw_hh.noalias() +=
             da_w.bottomRows(steps - 1).transpose() * ConstMatrixMap<T>(y_, steps - 1, H);
+      } else {  // a later segment (Dims::offset): one product, as the whole call has here
+        MatrixMap<T> h_prev(h_prev_.data(), steps, H);
+        h_prev.row(0) = ConstMatrixMap<T>(h0_, 1, H);
+        h_prev.bottomRows(steps - 1) = ConstMatrixMap<T>(y_, steps - 1, H);
+        g_.dw_hh.noalias() += da_w.transpose() * h_prev;
       }
       return;
     }
@@ -328,6 +338,7 @@ class WindowGrads {
                     // order; none when reads_in_place
   Buffer<T> dx_w_;  // (B·W, D): dx of the window's steps, in da's row order; B > 1 only
   Buffer<T> dw_;    // (G·H, D + H) column-major: the window's [dW_ih dW_hh], when used
+  Buffer<T> h_prev_;  // (W, H): h0 and y's first rows, for a later segment's first window
 };
 
 }  // namespace rnnfast

@@ -5,15 +5,17 @@ with the length of the sequence times the cache of a step (docs/memory.md).
 segment and keeps, instead of every step's saved values, only each layer's state where each
 segment starts. ``backward`` walks the segments from the last, runs one segment's forward again
 from its stored states (keeping its cache this time), backpropagates through it, and carries
-dL/dstate across the segment's edge into the segment before. Each segment's forward and
-backward are the layer functions of the whole-sequence path on the segment's steps: the same
-arithmetic per step, so the results are the full cache's up to rounding. Two things round
-differently: the weight gradients are a sum over segments of each segment's sum over its
-steps, not one sum over all steps; and a matrix product over a segment's rows may take
-another of Eigen's kernels (it chooses by size) than the product over all T steps' rows. In
-float64 both stay within ~1e-15 relative, in float32 within ~1e-6 (tests/test_checkpointed_bptt.py);
-with the reference backend, and with the compiled one at most sizes, y, the states, dx and
-dstate0 are the same bit for bit.
+dL/dstate across the segment's edge into the segment before.
+
+The results are the full cache's bit for bit. Each segment's forward and backward are the
+layer functions of the whole-sequence path on the segment's steps, told which steps of which
+whole call they are (``plan_steps``, ``offset``): they then use threads as that call would,
+and group their products over the same steps (the input side in chunks of 16 steps,
+backward's weight gradients in windows), so every product is the whole call's on the same
+rows. For that a segment starts at a multiple of the call's unit (``_core.segment_unit``: the
+window, up to 1024 steps at batch 1 and one thread, 16 with two), so k is rounded up to a
+multiple of it. The weight gradients of every segment are added into one ``GradSum`` per layer
+and direction, window after window, in the whole call's order.
 
 Two schedules:
 
@@ -24,7 +26,8 @@ Two schedules:
   the reverse direction of layer k reaches step 0 only after every step, so layers run one
   after the other over the whole sequence, each direction segment by segment, and the stack
   keeps each inner layer's output (the next layer's input, one value per unit and step)
-  instead of its whole cache.
+  instead of its whole cache. With two threads the two directions' segments run side by side,
+  as the whole layer's directions do.
 
 Dropout masks are not kept: the generator's state before each draw is, and backward draws the
 same mask again (then puts the generator back where it was).
@@ -34,7 +37,7 @@ import math
 
 import numpy as np
 
-from . import _checks
+from . import _checks, _core, reference
 
 
 class CheckpointCache:
@@ -81,19 +84,47 @@ class CheckpointCache:
         return total
 
 
-def segment_steps(checkpoint, T):
-    """The steps per segment that ``checkpoint`` asks for over T steps; None for the full
-    cache (``checkpoint`` None, or at least T)."""
+def requested_steps(checkpoint, T):
+    """The steps per segment that ``checkpoint`` asks for over T steps, before rounding to
+    the unit (``segment_steps``); None for the full cache. Refuses a bad value by name."""
     if checkpoint is None:
         return None
     if isinstance(checkpoint, str):
         if checkpoint != "auto":
             raise ValueError(f"checkpoint must be None, a positive int or 'auto', got "
                              f"{checkpoint!r}")
-        k = max(1, math.isqrt(max(T - 1, 0)) + 1)  # ceil(sqrt(T)): about sqrt(T) segments
-    else:
-        k = _checks.positive_int(checkpoint, "checkpoint")
+        return max(1, math.isqrt(max(T - 1, 0)) + 1)  # ceil(sqrt(T)): about sqrt(T) segments
+    return _checks.positive_int(checkpoint, "checkpoint")
+
+
+def segment_steps(model, checkpoint, B, T):
+    """The steps per segment of ``model.forward(x, checkpoint=checkpoint)`` over x (B, T, ·):
+    what ``checkpoint`` asks for rounded up to a multiple of the layers' unit; None for the
+    full cache (``checkpoint`` None, or k >= T)."""
+    k = requested_steps(checkpoint, T)
+    if k is None or B == 0 or k >= T:
+        return None
+    unit = segment_unit(model, B, T)
+    k = -(-k // unit) * unit
     return k if k < T else None
+
+
+def segment_unit(model, B, T):
+    """The steps a segment must start at a multiple of for its products to be those of the
+    whole call, for every layer of ``model`` over B sequences of T steps (1 for the
+    reference, whose products are one step at a time)."""
+    if model.backend != "cpp":
+        return 1
+    threads = _core.get_num_threads()
+    if model.num_directions == 2:  # each direction with half the threads (_core.run_concurrently)
+        threads = max(1, threads // 2)
+    unit_of = _core.segment_unit if model.dtype == np.float32 else _core.segment_unit64
+    unit = 1
+    for k in range(model.num_layers):
+        D = model.input_size if k == 0 else model.num_directions * model.state_size
+        unit = math.lcm(unit, unit_of(model.gates, B, T, D, model.hidden_size, model.proj_size,
+                                      threads))
+    return unit
 
 
 def _segment_lengths(lengths, s0, s1):
@@ -104,21 +135,54 @@ def _segment_lengths(lengths, s0, s1):
 
 
 class _Stack:
-    """The model's layer functions, bound once per call."""
+    """The model's layer functions, bound once per call over T steps. Each call is one segment
+    [s0, s1) of the whole call, told so (compiled backend: ``plan_steps``, ``offset``)."""
 
-    def __init__(self, model):
+    def __init__(self, model, T):
         self.model = model
         self.params = model._layer_params()
         self.S = model.state_size
+        self.T = T
+        self.cpp = model.backend == "cpp"
+        self.concurrent = self.cpp and _core.get_num_threads() >= 2
 
-    def forward(self, i, x, state0, lengths, reverse):
-        m = self.model
-        return m._forward_out(m._forward_fn(*m._forward_args(x, state0, self.params[i],
-                                                              lengths, reverse)))
+    def _plan(self, s0):
+        return {"plan_steps": self.T, "offset": s0} if self.cpp else {}
 
-    def backward(self, i, layer, lengths, dy, dstate_n, step, reverse):
+    def forward_call(self, i, x, state0, lengths, reverse, s0):
         m = self.model
-        return m._layer_backward(*layer, self.params[i], lengths, dy, dstate_n, step, reverse)
+        return (m._forward_fn, m._forward_args(x, state0, self.params[i], lengths, reverse),
+                self._plan(s0))
+
+    def backward_call(self, i, layer, lengths, dy, dstate_n, step, reverse, s0, into):
+        m = self.model
+        return (m._backward_fn,
+                m._backward_args(*layer, self.params[i], lengths, dy, dstate_n, step, reverse),
+                dict(self._plan(s0), into=into))
+
+    def run(self, calls):
+        """The calls' results, in order; two (a layer's directions) side by side where the
+        whole-sequence path runs them so (``Recurrent._run_calls``)."""
+        if len(calls) == 2 and self.concurrent:
+            return _core.run_concurrently([fn(*args, defer=True, **kw) for fn, args, kw in calls])
+        return [fn(*args, **kw) for fn, args, kw in calls]
+
+    def forward(self, i, x, state0, lengths, reverse, s0):
+        return self.model._forward_out(self.run([self.forward_call(i, x, state0, lengths,
+                                                                   reverse, s0)])[0])
+
+    def backward(self, i, layer, lengths, dy, dstate_n, step, reverse, s0, into):
+        return self.model._backward_out(self.run([self.backward_call(
+            i, layer, lengths, dy, dstate_n, step, reverse, s0, into)])[0])
+
+    def grad_sum(self, i):
+        """Where layer-direction i's segments add their weight gradients."""
+        p = self.params[i]
+        if not self.cpp:
+            cls = reference.GradSum
+        else:
+            cls = _core.GradSum32 if self.model.dtype == np.float32 else _core.GradSum64
+        return cls(p[0], p[1], p[2] is not None, p[4] if len(p) > 4 else None)
 
 
 def _draw_mask(model, shape, state):
@@ -140,8 +204,8 @@ def _dropout_on(model, train):
 
 
 def _forward_segment_major(model, x, states, lengths, train, edges):
-    stack, L = _Stack(model), model.num_layers
     B, T = x.shape[:2]
+    stack, L = _Stack(model, T), model.num_layers
     y = np.empty((B, T, stack.S), model.dtype)
     current = list(states)
     stored = [[] for _ in range(L)]
@@ -153,7 +217,7 @@ def _forward_segment_major(model, x, states, lengths, train, edges):
         inp = np.ascontiguousarray(x[:, s0:s1])
         for k in range(L):
             stored[k].append(current[k])
-            out, current[k], _ = stack.forward(k, inp, current[k], seg_lengths, False)
+            out, current[k], _ = stack.forward(k, inp, current[k], seg_lengths, False, s0)
             if _dropout_on(model, train) and k < L - 1:
                 out = out * model._dropout_mask(out.shape)
             inp = out
@@ -163,28 +227,32 @@ def _forward_segment_major(model, x, states, lengths, train, edges):
 
 
 def _forward_layer_major(model, x, states, lengths, train, edges):
-    stack, L, N = _Stack(model), model.num_layers, model.num_directions
     B, T = x.shape[:2]
-    segments = range(len(edges) - 1)
+    stack, L = _Stack(model, T), model.num_layers
+    J = len(edges) - 1
     finals, stored, inputs, mask_states, mask_shapes = [], [], [], [], []
     inp = x
     for k in range(L):
         inputs.append(inp)
-        outs = []
-        for d in range(N):
-            i = k * N + d
-            current, per_segment = states[i], [None] * len(segments)
-            y_d = np.empty((B, T, stack.S), model.dtype)
-            for j in (reversed(segments) if d else segments):  # in the direction's walk
-                s0, s1 = edges[j], edges[j + 1]
-                per_segment[j] = current
-                y_d[:, s0:s1], current, _ = stack.forward(
-                    i, np.ascontiguousarray(inp[:, s0:s1]), current,
-                    _segment_lengths(lengths, s0, s1), d == 1)
-            finals.append(current)
-            stored.append(per_segment)
-            outs.append(y_d)
-        y = np.concatenate(outs, axis=2)
+        i = (2 * k, 2 * k + 1)
+        current = [states[i[0]], states[i[1]]]
+        per_segment = [[None] * J, [None] * J]
+        y = np.empty((B, T, 2 * stack.S), model.dtype)
+        for j in range(J):
+            # the forward direction's segment j beside the reverse direction's J-1-j
+            calls, places = [], []
+            for d, jd in ((0, j), (1, J - 1 - j)):
+                s0, s1 = edges[jd], edges[jd + 1]
+                per_segment[d][jd] = current[d]
+                calls.append(stack.forward_call(i[d], np.ascontiguousarray(inp[:, s0:s1]),
+                                                current[d], _segment_lengths(lengths, s0, s1),
+                                                d == 1, s0))
+                places.append((s0, s1))
+            for d, out in enumerate(stack.run(calls)):
+                (s0, s1), cols = places[d], slice(d * stack.S, (d + 1) * stack.S)
+                y[:, s0:s1, cols], current[d], _ = model._forward_out(out)
+        finals.extend(current)
+        stored.extend(per_segment)
         state = None
         if _dropout_on(model, train) and k < L - 1:
             state = model._dropout_rng.bit_generator.state
@@ -210,23 +278,13 @@ def backward(model, cache, dy, dstates, step):
         rng.state = after
 
 
-def _add(total, grads):
-    """Adds a segment's gradient tuple to the running total (None for the first segment)."""
-    if total is None:
-        return list(grads)
-    for a, g in zip(total, grads):
-        if a is not None:
-            a += g
-    return total
-
-
 def _backward_segment_major(model, cache, dy, dstates, step):
-    stack, L = _Stack(model), model.num_layers
     x, edges, lengths = cache.inputs[0], cache.edges, cache.lengths
     B, T = cache.batch, cache.steps
+    stack, L = _Stack(model, T), model.num_layers
     dx = np.empty(x.shape, model.dtype)
     carry = list(dstates)
-    grads = [None] * L
+    sums = [stack.grad_sum(k) for k in range(L)]
     norms = np.zeros((L, B, T), model.dtype) if step["grad_norms"] else None
     for j in reversed(range(len(edges) - 1)):
         s0, s1 = edges[j], edges[j + 1]
@@ -237,7 +295,7 @@ def _backward_segment_major(model, cache, dy, dstates, step):
         inp, layers, masks = np.ascontiguousarray(x[:, s0:s1]), [], []
         for k in range(L):
             state0 = cache.states[k][j]
-            out, _, saved = stack.forward(k, inp, state0, seg_lengths, False)
+            out, _, saved = stack.forward(k, inp, state0, seg_lengths, False, s0)
             layers.append((inp, state0, out, saved))
             mask = None
             if cache.mask_states[j] is not None and k < L - 1:
@@ -249,42 +307,59 @@ def _backward_segment_major(model, cache, dy, dstates, step):
         for k in reversed(range(L)):
             if masks[k] is not None:
                 d_out = d_out * masks[k]
-            d_out, carry[k], g, *seg_norms = stack.backward(k, layers[k], seg_lengths, d_out,
-                                                             carry[k], step, False)
-            grads[k] = _add(grads[k], g)
+            d_out, carry[k], _, *seg_norms = stack.backward(k, layers[k], seg_lengths, d_out,
+                                                             carry[k], step, False, s0, sums[k])
             if norms is not None:
                 norms[k, :, s0:s1] = seg_norms[0]
         dx[:, s0:s1] = d_out
-    return dx, carry, grads, norms
+    return dx, carry, [_result(s) for s in sums], norms
+
+
+def _result(grad_sum):
+    """A GradSum's gradients as the layer's tuple (dweight_ih, dweight_hh, dbias_ih,
+    dbias_hh, dweight_hr), None for an absent one."""
+    return tuple(grad_sum.result())
 
 
 def _backward_layer_major(model, cache, dy, dstates, step):
-    stack, L, N, S = _Stack(model), model.num_layers, model.num_directions, model.state_size
     edges, lengths, B, T = cache.edges, cache.lengths, cache.batch, cache.steps
-    segments = range(len(edges) - 1)
-    dstate0, grads = [None] * (L * N), [None] * (L * N)
-    norms = np.zeros((L * N, B, T), model.dtype) if step["grad_norms"] else None
+    stack, L, S = _Stack(model, T), model.num_layers, model.state_size
+    J = len(edges) - 1
+    dstate0, grads = [None] * (2 * L), [None] * (2 * L)
+    norms = np.zeros((2 * L, B, T), model.dtype) if step["grad_norms"] else None
     d_out = dy
     for k in reversed(range(L)):
         if cache.mask_states[k] is not None:
             d_out = d_out * _draw_mask(model, cache.mask_shapes[k], cache.mask_states[k])
         inp = cache.inputs[k]
-        d_in = None
-        for d in range(N):
-            i = k * N + d
-            carry, dx_d = dstates[i], np.empty(inp.shape, model.dtype)
-            for j in (segments if d else reversed(segments)):  # against the direction's walk
-                s0, s1 = edges[j], edges[j + 1]
-                seg_lengths = _segment_lengths(lengths, s0, s1)
-                x_seg, state0 = np.ascontiguousarray(inp[:, s0:s1]), cache.states[i][j]
-                out, _, saved = stack.forward(i, x_seg, state0, seg_lengths, d == 1)
+        i = (2 * k, 2 * k + 1)
+        carry = [dstates[i[0]], dstates[i[1]]]
+        sums = [stack.grad_sum(i[0]), stack.grad_sum(i[1])]
+        dx = [np.empty(inp.shape, model.dtype), np.empty(inp.shape, model.dtype)]
+        for j in range(J):
+            # against each direction's walk: the forward direction's segment J-1-j beside
+            # the reverse direction's j; first their forwards again, then their backwards
+            places = [(edges[jd], edges[jd + 1]) for jd in (J - 1 - j, j)]
+            jd = (J - 1 - j, j)
+            x_seg = [np.ascontiguousarray(inp[:, s0:s1]) for s0, s1 in places]
+            seg_lengths = [_segment_lengths(lengths, s0, s1) for s0, s1 in places]
+            state0 = [cache.states[i[d]][jd[d]] for d in (0, 1)]
+            outs = stack.run([stack.forward_call(i[d], x_seg[d], state0[d], seg_lengths[d],
+                                                 d == 1, places[d][0]) for d in (0, 1)])
+            calls = []
+            for d, out in enumerate(outs):
+                y_d, _, saved = model._forward_out(out)
+                s0, s1 = places[d]
                 dy_seg = np.ascontiguousarray(d_out[:, s0:s1, d * S:(d + 1) * S])
-                dx_d[:, s0:s1], carry, g, *seg_norms = stack.backward(
-                    i, (x_seg, state0, out, saved), seg_lengths, dy_seg, carry, step, d == 1)
-                grads[i] = _add(grads[i], g)
+                calls.append(stack.backward_call(i[d], (x_seg[d], state0[d], y_d, saved),
+                                                 seg_lengths[d], dy_seg, carry[d], step,
+                                                 d == 1, s0, sums[d]))
+            for d, out in enumerate(stack.run(calls)):
+                s0, s1 = places[d]
+                dx[d][:, s0:s1], carry[d], _, *seg_norms = model._backward_out(out)
                 if norms is not None:
-                    norms[i, :, s0:s1] = seg_norms[0]
-            dstate0[i] = carry
-            d_in = dx_d if d_in is None else d_in + dx_d  # both directions read the same x
-        d_out = d_in
+                    norms[i[d], :, s0:s1] = seg_norms[0]
+        for d in (0, 1):
+            dstate0[i[d]], grads[i[d]] = carry[d], _result(sums[d])
+        d_out = dx[0] + dx[1]  # both directions read the same x
     return d_out, dstate0, grads, norms

@@ -336,7 +336,7 @@ class Recurrent:
         if D != self.input_size:
             raise ValueError(f"x must have shape (B, T, input_size) with input_size = "
                              f"{self.input_size}, got {_checks.shape_str(x.shape)}")
-        segment = _checkpointed.segment_steps(checkpoint, T)
+        segment = _checkpointed.segment_steps(self, checkpoint, B, T)
         # Before anything is allocated, converting x included: per layer, the directions'
         # outputs and saved values and their joined output (and its dropout mask); with
         # checkpoints, one segment's worth of that, and the joined outputs kept whole.

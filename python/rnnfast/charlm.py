@@ -235,7 +235,7 @@ def train(text, *, cell="lstm", hidden=128, layers=1, embedding_dim=32, dropout=
     check_model_options(layers, dropout, bidirectional)  # before a long read of the text
     check_run_options(epochs=epochs, batch=batch, k1=k1, k2=k2,
                       checkpoint_path=checkpoint_path, resume=resume)
-    _checkpointed.segment_steps(bptt_checkpoint, 0)  # a bad value refused before the text is read
+    _checkpointed.requested_steps(bptt_checkpoint, 0)  # a bad value refused before the text is read
     comm = _world(batch, text, locals()) if distributed else None
     if comm is not None and comm.Get_rank() != 0:
         log, progress, sample_length = (lambda *a, **k: None), False, 0

@@ -330,7 +330,7 @@ def _train_sequence(model, optimizer, x, targets, lengths=None, state=None, *, l
     k2 = k1 if k2 is None else _checks.positive_int(k2, "k2")
     if k2 < k1:
         raise ValueError(f"k2 must be >= k1 = {k1}, got {k2}")
-    _checkpointed.segment_steps(checkpoint, T)  # refuses a bad value before any update
+    _checkpointed.requested_steps(checkpoint, T)  # refuses a bad value before any update
     truncated = k1 < T
     if truncated and loss.endswith("_last"):
         raise ValueError(f"truncated BPTT (k1 = {k1} < T = {T}) needs a per-step loss, got "
@@ -718,7 +718,7 @@ def fit(model, optimizer, data, *, epochs=1, batch_size=32, loss="cross_entropy"
     epochs = _checks.positive_int(epochs, "epochs")
     batch_size = _checks.positive_int(batch_size, "batch_size")
     _check_loss(model, loss)
-    _checkpointed.segment_steps(checkpoint, 0)  # a bad value refused before the first epoch
+    _checkpointed.requested_steps(checkpoint, 0)  # a bad value refused before the first epoch
     comm = None
     if distributed:
         settings = {"epochs": epochs, "batch_size": batch_size, "loss": loss, "k1": k1,

@@ -7,7 +7,7 @@ compiled path to these results, and these to finite differences.
 
 from .gru import gru_backward, gru_forward
 from .lstm import lstm_backward, lstm_forward
-from .rnn import rnn_backward, rnn_forward
+from .rnn import GradSum, rnn_backward, rnn_forward
 
 __all__ = ["rnn_forward", "rnn_backward", "lstm_forward", "lstm_backward", "gru_forward",
-           "gru_backward"]
+           "gru_backward", "GradSum"]

@@ -16,7 +16,7 @@ Written for clarity, one timestep at a time; the functions take and return exact
 import numpy as np
 
 from .lstm import _sigmoid
-from .rnn import _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
+from .rnn import GradSum, _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
 
 
 def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False):
@@ -54,7 +54,7 @@ def gru_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=
 
 
 def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, lengths, dy,
-                 dh_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+                 dh_n, clip_per_step=0.0, grad_norms=False, reverse=False, into=None):
     """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y``, ``gates`` and ``a_hn`` are what ``gru_forward`` returned; ``dy`` (B, T, H) and
@@ -67,15 +67,17 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
     sequence's dL/dh_t to that norm whenever it is larger (0 or negative: off); with
     ``grad_norms`` the tuple gains a last item, norms (B, T), each sequence's ||dL/dh_t||
     before clipping.
+
+    ``into`` (a ``GradSum``): add the weight gradients to its arrays, and return None in their
+    place.
     """
     B, T, _ = x.shape
     _check_clip(clip_per_step)
     norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
-    dweight_ih = np.zeros_like(weight_ih)
-    dweight_hh = np.zeros_like(weight_hh)
-    dbias_ih = np.zeros(weight_ih.shape[0], dtype=x.dtype)
-    dbias_hh = np.zeros(weight_hh.shape[0], dtype=x.dtype)
+    sums = into or GradSum(weight_ih, weight_hh, bias_ih is not None)
+    dweight_ih, dweight_hh = sums.dweight_ih, sums.dweight_hh
+    dbias_ih, dbias_hh = sums.dbias_ih, sums.dbias_hh
     dh = dh_n.copy()  # dL/dh_t, carried backwards in time
     for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
@@ -106,8 +108,5 @@ def gru_backward(x, h0, y, gates, a_hn, weight_ih, weight_hh, bias_ih, bias_hh, 
         # h_{t-1} enters through the recurrent side and directly; a frozen state passes
         # its gradient through unchanged
         dh = np.where(valid, dah @ weight_hh + dh_direct, dh)
-    if bias_ih is None:
-        out = (dx, dh, dweight_ih, dweight_hh, None, None)
-    else:
-        out = (dx, dh, dweight_ih, dweight_hh, dbias_ih, dbias_hh)
+    out = (dx, dh, *((None,) * 4 if into else sums.result()[:4]))
     return out + (norms,) if grad_norms else out

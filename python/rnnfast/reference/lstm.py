@@ -14,7 +14,7 @@ way (see ``rnn``).
 
 import numpy as np
 
-from .rnn import _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
+from .rnn import GradSum, _check_clip, _state_before, _step_options, _valid, _walk, _walk_back
 
 
 def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, reverse=False,
@@ -54,7 +54,7 @@ def lstm_forward(x, h0, c0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, rev
 
 def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh, lengths,
                   dy, dh_n, dc_n, clip_per_step=0.0, grad_norms=False, reverse=False,
-                  weight_hr=None):
+                  weight_hr=None, into=None):
     """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y``, ``gates`` and ``c`` are what ``lstm_forward`` returned; ``dy`` (B, T, H), ``dh_n``
@@ -67,15 +67,17 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
     > 0 rescales each sequence's dL/dh_t to that norm whenever it is larger (0 or negative:
     off); with ``grad_norms`` the tuple gains a last item, norms (B, T), each sequence's
     ||dL/dh_t|| before clipping. See ``rnn._step_options``.
+
+    ``into`` (a ``GradSum``): add the weight gradients to its arrays, and return None in their
+    place.
     """
     B, T, _ = x.shape
     _check_clip(clip_per_step)
     norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
-    dweight_ih = np.zeros_like(weight_ih)
-    dweight_hh = np.zeros_like(weight_hh)
-    dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
-    dweight_hr = None if weight_hr is None else np.zeros_like(weight_hr)
+    sums = into or GradSum(weight_ih, weight_hh, bias_ih is not None, weight_hr)
+    dweight_ih, dweight_hh, dbias = sums.dweight_ih, sums.dweight_hh, sums.dbias_ih
+    dweight_hr = sums.dweight_hr
     dh, dc = dh_n.copy(), dc_n.copy()  # dL/dh_t and dL/dc_t, carried backwards in time
     for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
@@ -109,10 +111,8 @@ def lstm_backward(x, h0, c0, y, gates, c, weight_ih, weight_hh, bias_ih, bias_hh
         # frozen states pass their gradients through unchanged
         dh = np.where(valid, da @ weight_hh, dh)
         dc = np.where(valid, dc_total * f, dc)
-    if bias_ih is None:
-        out = (dx, dh, dc, dweight_ih, dweight_hh, None, None, dweight_hr)
-    else:
-        out = (dx, dh, dc, dweight_ih, dweight_hh, dbias, dbias.copy(), dweight_hr)
+    sums.dbias_hh[...] = dbias  # b_hh enters as b_ih does
+    out = (dx, dh, dc, *((None,) * 5 if into else sums.result()))
     return out + (norms,) if grad_norms else out
 
 

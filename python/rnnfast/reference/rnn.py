@@ -39,7 +39,7 @@ def rnn_forward(x, h0, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinea
 
 
 def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonlinearity,
-                 dy, dh_n, clip_per_step=0.0, grad_norms=False, reverse=False):
+                 dy, dh_n, clip_per_step=0.0, grad_norms=False, reverse=False, into=None):
     """Backpropagate through time, from t = T-1 down to 0 (from 0 up with ``reverse``).
 
     ``y`` is what ``rnn_forward`` returned; ``dy`` (B, T, H) and ``dh_n`` (B, H) are the
@@ -50,14 +50,16 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
     Per-step options (see ``_step_options``): ``clip_per_step`` > 0 rescales each sequence's
     dL/dh_t to that norm whenever it is larger (0 or negative: off); with ``grad_norms`` the
     tuple gains a last item, norms (B, T), each sequence's ||dL/dh_t|| before clipping.
+
+    ``into`` (a ``GradSum``): add the weight gradients to its arrays, and return None in their
+    place.
     """
     B, T, _ = x.shape
     _check_clip(clip_per_step)
     norms = np.zeros((B, T), dtype=x.dtype)
     dx = np.zeros_like(x)
-    dweight_ih = np.zeros_like(weight_ih)
-    dweight_hh = np.zeros_like(weight_hh)
-    dbias = np.zeros(weight_hh.shape[0], dtype=x.dtype)
+    sums = into or GradSum(weight_ih, weight_hh, bias_ih is not None)
+    dweight_ih, dweight_hh, dbias = sums.dweight_ih, sums.dweight_hh, sums.dbias_ih
     dh = dh_n.copy()  # dL/dh_t, carried backwards in time
     for t in _walk_back(T, reverse):
         valid = _valid(lengths, B, t)
@@ -75,11 +77,33 @@ def rnn_backward(x, h0, y, weight_ih, weight_hh, bias_ih, bias_hh, lengths, nonl
         dbias += da.sum(axis=0)
         dx[:, t] = da @ weight_ih
         dh = np.where(valid, da @ weight_hh, dh)  # a frozen state passes its gradient through
-    if bias_ih is None:
-        out = (dx, dh, dweight_ih, dweight_hh, None, None)
-    else:
-        out = (dx, dh, dweight_ih, dweight_hh, dbias, dbias.copy())
+    sums.dbias_hh[...] = dbias  # b_hh enters as b_ih does
+    out = (dx, dh, *((None,) * 4 if into else sums.result()[:4]))
     return out + (norms,) if grad_norms else out
+
+
+class GradSum:
+    """A layer's weight gradients, summed step by step by its backward.
+
+    A checkpointed backward passes one as ``into`` to the backward of each segment, from the
+    last: each adds its steps in the order one backward over all the steps would, so the sums
+    are that backward's, bit for bit. The twin of ``rnnfast._core.GradSum32``/``64``.
+    """
+
+    def __init__(self, weight_ih, weight_hh, bias, weight_hr=None):
+        self.bias = bool(bias)
+        self.dweight_ih = np.zeros_like(weight_ih)
+        self.dweight_hh = np.zeros_like(weight_hh)
+        self.dbias_ih = np.zeros(weight_hh.shape[0], dtype=weight_hh.dtype)
+        self.dbias_hh = np.zeros(weight_hh.shape[0], dtype=weight_hh.dtype)
+        self.dweight_hr = None if weight_hr is None else np.zeros_like(weight_hr)
+
+    def result(self):
+        """``(dweight_ih, dweight_hh, dbias_ih, dbias_hh, dweight_hr)``, None for an absent
+        one."""
+        if not self.bias:
+            return self.dweight_ih, self.dweight_hh, None, None, self.dweight_hr
+        return self.dweight_ih, self.dweight_hh, self.dbias_ih, self.dbias_hh, self.dweight_hr
 
 
 def _walk(T, reverse):
