@@ -1,11 +1,10 @@
 """Checkpointed BPTT (``forward(..., checkpoint=k)``): the full cache's results in less memory.
 
 Every configuration runs the same model twice, with the full cache and with checkpoints, and
-compares everything backward returns. The reference backend does the same arithmetic per
-step on either path, so its outputs, states, dx and dstate0 must be equal bit for bit; the
-weight gradients (a sum over segments of sums over steps, against one sum over all steps) and,
-in the compiled backend, products over a segment's rows rather than all rows round
-differently, within 1e-12 relative in float64 and 1e-5 in float32.
+compares everything backward returns with ``array_equal``: outputs, states, dx, dstate0, every
+weight gradient and the per-step gradient norms are the full cache's bit for bit, in both
+backends, at one thread and at two. The compiled backend rounds k up to a multiple of its unit
+(``segment_unit``), so the sizes here are ones where that still leaves several segments.
 """
 
 import itertools
@@ -14,10 +13,17 @@ import numpy as np
 import pytest
 
 import rnnfast
-from rnnfast import _checkpointed, charlm, cli
+from rnnfast import _checkpointed, _core, charlm, cli
 
 CELLS = {"rnn": rnnfast.RNN, "lstm": rnnfast.LSTM, "gru": rnnfast.GRU}
-TOL = {np.float64: 1e-12, np.float32: 1e-5}
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    before = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(request.param)
+    yield request.param
+    rnnfast.set_num_threads(before)
 
 
 def _tuple(state):
@@ -42,25 +48,24 @@ def _both(make, x, lengths, k, rng, **backward):
     return (y1, s1, c1, r1), (y2, s2, c2, r2)
 
 
-def _compare(a, b, dtype, exact):
+def _assert_equal(a, b, segments=None):
+    """Everything the two runs returned is equal bit for bit; the checkpointed one had
+    ``segments`` segments (at least two when not given)."""
     (y1, s1, _, r1), (y2, s2, c2, r2) = a, b
     assert isinstance(c2, rnnfast.CheckpointCache)
+    J = len(c2.edges) - 1
+    assert J == segments if segments is not None else J >= 2, J
     pairs = [("y", y1, y2), ("dx", r1[0], r2[0])]
     pairs += [(f"state[{j}]", p, q) for j, (p, q) in enumerate(zip(_tuple(s1), _tuple(s2)))]
     pairs += [(f"dstate0[{j}]", p, q)
               for j, (p, q) in enumerate(zip(_tuple(r1[1]), _tuple(r2[1])))]
+    assert r1[2].keys() == r2[2].keys()
+    pairs += [(name, r1[2][name], r2[2][name]) for name in r1[2]]
+    if len(r1) > 3:
+        pairs.append(("grad_norms", r1[3], r2[3]))
     for name, p, q in pairs:
         assert p.shape == q.shape and p.dtype == q.dtype, name
-        if exact:
-            assert np.array_equal(p, q), name
-        else:
-            assert _rel(p, q) <= TOL[dtype], (name, _rel(p, q))
-    assert r1[2].keys() == r2[2].keys()
-    for name in r1[2]:
-        assert r2[2][name].dtype == dtype
-        assert _rel(r1[2][name], r2[2][name]) <= TOL[dtype], (name, _rel(r1[2][name], r2[2][name]))
-    if len(r1) > 3:
-        assert np.abs(r1[3] - r2[3]).max() <= TOL[dtype] * max(1.0, np.abs(r1[3]).max())
+        assert np.array_equal(p, q), (name, _rel(p, q))
 
 
 @pytest.mark.parametrize("cell, dtype, layers, bidirectional, lengths, backend", [
@@ -68,58 +73,62 @@ def _compare(a, b, dtype, exact):
                                  (False, True), ("cpp", "numpy"))
 ], ids=lambda v: getattr(v, "__name__", str(v)))
 def test_checkpointed_backward_equals_the_full_cache(cell, dtype, layers, bidirectional, lengths,
-                                                     backend):
+                                                     backend, threads):
     rng = np.random.default_rng(0)
-    B, T, D, H = 3, 23, 4, 5
+    B, T, D, H = 16, 200, 4, 5
+    if backend == "numpy":
+        B, T = 3, 23
 
     def make():
         return CELLS[cell](D, H, num_layers=layers, bidirectional=bidirectional, dtype=dtype,
                            seed=3, backend=backend)
 
     x = rng.standard_normal((B, T, D)).astype(dtype)
-    lens = np.array([23, 9, 0]) if lengths else None
-    for k in (1, 5, "auto", 22):
+    lens = None
+    if lengths:
+        lens = rng.integers(0, T + 1, B)
+        lens[:2] = T, 0
+    for k in (1, 5, "auto", T - T // 4):
         a, b = _both(make, x, lens, k, rng, clip_per_step=0.7, return_grad_norms=True)
-        _compare(a, b, dtype, exact=backend == "numpy")
+        _assert_equal(a, b)
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])
-def test_lstm_with_projection(backend):
+def test_lstm_with_projection(backend, threads):
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((2, 30, 3))
+    x = rng.standard_normal((16, 150, 3))
 
     def make():
         return rnnfast.LSTM(3, 6, num_layers=2, proj_size=4, bidirectional=True,
                             dtype=np.float64, seed=0, backend=backend)
 
-    _compare(*_both(make, x, np.array([30, 11]), 4, rng), np.float64, exact=backend == "numpy")
+    _assert_equal(*_both(make, x, np.arange(150, 0, -9)[:16], 4, rng))
 
 
 @pytest.mark.parametrize("cell", CELLS)
-def test_at_sizes_past_eigens_small_product_kernels_the_compiled_path_is_bit_identical(cell):
-    # what the parity above allows to round differently happens only in products small
-    # enough for Eigen's coefficient-wise kernel; here every product is a blocked one
+@pytest.mark.parametrize("B, T, D, H", [(1, 3000, 16, 32), (16, 400, 32, 64)])
+def test_at_sizes_that_use_every_kernel_path(cell, B, T, D, H, threads):
+    # long windows at batch 1, the helper thread's short ones and the batch split at two
+    # threads, Eigen's blocked products: all with a segment's rows where the full cache has
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((4, 256, 16)).astype(np.float32)
+    x = rng.standard_normal((B, T, D)).astype(np.float32)
+    for bidirectional in (False, True):
+        def make():
+            return CELLS[cell](D, H, num_layers=2, bidirectional=bidirectional,
+                               dtype=np.float32, seed=0)
 
-    def make():
-        return CELLS[cell](16, 32, num_layers=2, dtype=np.float32, seed=0)
-
-    (y1, s1, _, r1), (y2, s2, _, r2) = _both(make, x, None, 64, rng)
-    assert np.array_equal(y1, y2) and np.array_equal(r1[0], r2[0])
-    assert all(np.array_equal(p, q) for p, q in zip(_tuple(r1[1]), _tuple(r2[1])))
+        _assert_equal(*_both(make, x, None, "auto", rng))
 
 
-def test_bidirectional_dropout_draws_the_full_caches_masks():
+def test_bidirectional_dropout_draws_the_full_caches_masks(threads):
     rng = np.random.default_rng(3)
-    x = rng.standard_normal((3, 20, 4))
+    x = rng.standard_normal((16, 150, 4))
 
     def make():
         return rnnfast.GRU(4, 5, num_layers=3, bidirectional=True, dropout=0.4,
                            dtype=np.float64, seed=7)
 
-    a, b = _both(make, x, None, 6, rng)
-    _compare(a, b, np.float64, exact=False)
+    _assert_equal(*_both(make, x, None, 6, rng))
 
 
 @pytest.mark.parametrize("backend", ["cpp", "numpy"])
@@ -129,7 +138,8 @@ def test_one_direction_dropout_gradient_matches_finite_differences(backend):
     rng = np.random.default_rng(4)
     model = rnnfast.LSTM(3, 4, num_layers=3, dropout=0.5, dtype=np.float64, seed=1,
                          backend=backend)
-    x = rng.standard_normal((2, 17, 3))
+    B, T = (16, 200) if backend == "cpp" else (2, 17)
+    x = rng.standard_normal((B, T, 3))
     start = model.rng_state
 
     def loss(params=None):
@@ -137,8 +147,9 @@ def test_one_direction_dropout_gradient_matches_finite_differences(backend):
         y, _, cache = model.forward(x, checkpoint=4)
         return float((y * w).sum()), cache
 
-    w = rng.standard_normal((2, 17, 4))
+    w = rng.standard_normal((B, T, 4))
     _, cache = loss()
+    assert isinstance(cache, rnnfast.CheckpointCache) and len(cache.edges) > 2
     after = model.rng_state
     _, _, grads = model.backward(cache, w)
     assert model.rng_state == after  # backward's replay puts the generator back
@@ -156,23 +167,74 @@ def test_one_direction_dropout_gradient_matches_finite_differences(backend):
 
 
 def test_the_cache_holds_the_states_not_the_steps():
-    x = np.zeros((2, 400, 8), np.float32)
-    model = rnnfast.LSTM(8, 32, num_layers=2, seed=0)
-    _, _, full = model.forward(x)
-    _, _, ck = model.forward(x, checkpoint="auto")
-    assert ck.segment_steps == 20
-    # x itself, and (h, c) of both layers at the start of each of the 20 segments
-    assert ck.nbytes == x.nbytes + 20 * 2 * 2 * (2 * 32 * 4)
+    before = rnnfast.get_num_threads()
+    rnnfast.set_num_threads(1)
+    try:
+        x = np.zeros((16, 1024, 8), np.float32)
+        model = rnnfast.LSTM(8, 32, num_layers=2, seed=0)
+        _, _, full = model.forward(x)
+        _, _, ck = model.forward(x, checkpoint="auto")
+    finally:
+        rnnfast.set_num_threads(before)
+    # "auto" asks for 32 steps; one thread's weight-gradient window at batch 16 is 64 steps
+    assert _checkpointed.segment_unit(model, 16, 1024) == 64
+    assert ck.segment_steps == 64
+    # x itself, and (h, c) of both layers at the start of each of the 16 segments
+    assert ck.nbytes == x.nbytes + 16 * 2 * 2 * (16 * 32 * 4)
     assert ck.nbytes < 0.05 * full.nbytes
 
 
-def test_segment_steps():
-    assert _checkpointed.segment_steps(None, 100) is None
-    assert _checkpointed.segment_steps("auto", 100) == 10
-    assert _checkpointed.segment_steps("auto", 101) == 11
-    assert _checkpointed.segment_steps(7, 100) == 7
-    assert _checkpointed.segment_steps(100, 100) is None  # one segment: the full cache
-    assert _checkpointed.segment_steps("auto", 1) is None
+def test_requested_steps():
+    assert _checkpointed.requested_steps(None, 100) is None
+    assert _checkpointed.requested_steps("auto", 100) == 10
+    assert _checkpointed.requested_steps("auto", 101) == 11
+    assert _checkpointed.requested_steps("auto", 1) == 1
+    assert _checkpointed.requested_steps(7, 100) == 7
+
+
+def test_segment_steps_round_up_to_the_unit(threads):
+    ref = rnnfast.GRU(4, 8, backend="numpy")
+    assert _checkpointed.segment_unit(ref, 3, 100) == 1
+    assert _checkpointed.segment_steps(ref, 7, 3, 100) == 7
+    assert _checkpointed.segment_steps(ref, 100, 3, 100) is None  # one segment: the full cache
+    assert _checkpointed.segment_steps(ref, "auto", 3, 1) is None
+    assert _checkpointed.segment_steps(ref, 2, 0, 100) is None  # nothing to save
+    model = rnnfast.GRU(4, 8)
+    unit = _checkpointed.segment_unit(model, 16, 1000)
+    assert 1 <= unit < 1000
+    assert _checkpointed.segment_steps(model, 1, 16, 1000) == unit
+    assert _checkpointed.segment_steps(model, unit + 1, 16, 1000) == 2 * unit
+    assert _checkpointed.segment_steps(model, 999, 16, 1000) is None
+    # the unit never exceeds one thread's longest window at batch 1 (up to 1024 steps),
+    # rounded to the 16-step chunks of the input side
+    assert _checkpointed.segment_unit(model, 1, 10 ** 6) <= 1024
+
+
+def test_a_segment_call_checks_its_place_in_the_whole_call():
+    rng = np.random.default_rng(8)
+    model = rnnfast.RNN(3, 4, seed=0)
+    w_ih, w_hh, b_ih, b_hh = (model.params[n] for n in
+                              ("weight_ih_l0", "weight_hh_l0", "bias_ih_l0", "bias_hh_l0"))
+    x = rng.standard_normal((2, 10, 3)).astype(np.float32)
+    h0 = np.zeros((2, 4), np.float32)
+    args = (x, h0, w_ih, w_hh, b_ih, b_hh, None, "tanh", False)
+    with pytest.raises(ValueError, match="0 <= offset <= plan_steps - T, got plan_steps = 15, "
+                                         "offset = 6"):
+        _core.rnn_forward(*args, plan_steps=15, offset=6)
+    with pytest.raises(ValueError, match="got plan_steps = 20, offset = -1"):
+        _core.rnn_forward(*args, plan_steps=20, offset=-1)
+    y, _ = _core.rnn_forward(*args, plan_steps=20, offset=10)
+    sums = _core.GradSum32(w_ih, w_hh, True, None)
+    backward = (x, h0, y, w_ih, w_hh, b_ih, b_hh, None, "tanh", np.ones_like(y), h0)
+    other = _core.GradSum32(model.params["weight_ih_l0"][:, :2].copy(), w_hh, True, None)
+    with pytest.raises(ValueError, match="into was made for another layer"):
+        _core.rnn_backward(*backward, plan_steps=20, offset=10, into=other)
+    out = _core.rnn_backward(*backward, plan_steps=20, offset=10, into=sums)
+    assert out[2] is None and out[3] is None  # the weight gradients went into sums
+    dw_ih, dw_hh, db_ih, db_hh, dw_hr = sums.result()
+    assert dw_ih.shape == w_ih.shape and db_hh.shape == (4,) and dw_hr is None
+    with pytest.raises(ValueError, match=r"result\(\) was taken"):
+        _core.rnn_backward(*backward, plan_steps=20, offset=10, into=sums)
 
 
 def test_one_segment_or_empty_input_is_the_plain_forward():
