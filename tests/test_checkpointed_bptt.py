@@ -170,17 +170,17 @@ def test_the_cache_holds_the_states_not_the_steps():
     before = rnnfast.get_num_threads()
     rnnfast.set_num_threads(1)
     try:
-        x = np.zeros((16, 1024, 8), np.float32)
+        x = np.zeros((1, 1024, 8), np.float32)
         model = rnnfast.LSTM(8, 32, num_layers=2, seed=0)
         _, _, full = model.forward(x)
         _, _, ck = model.forward(x, checkpoint="auto")
     finally:
         rnnfast.set_num_threads(before)
-    # "auto" asks for 32 steps; one thread's weight-gradient window at batch 16 is 64 steps
-    assert _checkpointed.segment_unit(model, 16, 1024) == 64
-    assert ck.segment_steps == 64
-    # x itself, and (h, c) of both layers at the start of each of the 16 segments
-    assert ck.nbytes == x.nbytes + 16 * 2 * 2 * (16 * 32 * 4)
+    # "auto" asks for 32 steps; one thread's weight-gradient window at batch 1 is 128 steps
+    assert _checkpointed.segment_unit(model, 1, 1024) == 128
+    assert ck.segment_steps == 128
+    # x itself, and (h, c) of both layers at the start of each of the 8 segments
+    assert ck.nbytes == x.nbytes + 8 * 2 * 2 * (1 * 32 * 4)
     assert ck.nbytes < 0.05 * full.nbytes
 
 
@@ -205,9 +205,9 @@ def test_segment_steps_round_up_to_the_unit(threads):
     assert _checkpointed.segment_steps(model, 1, 16, 1000) == unit
     assert _checkpointed.segment_steps(model, unit + 1, 16, 1000) == 2 * unit
     assert _checkpointed.segment_steps(model, 999, 16, 1000) is None
-    # the unit never exceeds one thread's longest window at batch 1 (up to 1024 steps),
+    # the unit never exceeds one thread's longest window at batch 1 (128 steps),
     # rounded to the 16-step chunks of the input side
-    assert _checkpointed.segment_unit(model, 1, 10 ** 6) <= 1024
+    assert _checkpointed.segment_unit(model, 1, 10 ** 6) <= 128
 
 
 def test_a_segment_call_checks_its_place_in_the_whole_call():

@@ -13,7 +13,7 @@ whole call they are (``plan_steps``, ``offset``): they then use threads as that 
 and group their products over the same steps (the input side in chunks of 16 steps,
 backward's weight gradients in windows), so every product is the whole call's on the same
 rows. For that a segment starts at a multiple of the call's unit (``_core.segment_unit``: the
-window, up to 1024 steps at batch 1 and one thread, 16 with two), so k is rounded up to a
+window: 128 steps at batch 1 and one thread, 16 with two), so k is rounded up to a
 multiple of it. The weight gradients of every segment are added into one ``GradSum`` per layer
 and direction, window after window, in the whole call's order.
 

@@ -305,11 +305,13 @@ class Recurrent:
             time into segments of k steps and keeps only each layer's state at the start of
             every segment; ``backward`` then runs each segment's forward again, from the
             last segment back, and backpropagates through it: about one more forward pass
-            of time. ``"auto"``: k = ceil(sqrt(T)). k >= T is the full cache. The results
-            are the full cache's up to rounding (the weight gradients are summed segment by
-            segment). A bidirectional stack keeps each inner layer's output besides. With
-            dropout, a one-direction stack draws its masks segment by segment: the same
-            distribution as without checkpoints, another draw.
+            of time. ``"auto"``: k = ceil(sqrt(T)). The compiled backend rounds k up to a
+            multiple of its kernels' unit for this call (at most 128 steps;
+            ``cache.segment_steps`` says what was used), and k >= T is the full cache. The
+            results are the full cache's bit for bit. A bidirectional stack keeps each
+            inner layer's output besides. With dropout, a one-direction stack draws its
+            masks segment by segment: the same distribution as without checkpoints,
+            another draw.
 
         Returns
         -------
