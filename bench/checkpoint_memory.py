@@ -6,7 +6,8 @@
 
 A step is forward and backward of an LSTM stack (float32, D = 32 inputs, H = 128 units,
 zero initial state) against a fixed random dy: rnnfast with the full cache (``full``) and with
-``checkpoint="auto"`` (``auto``, segments of ceil(sqrt(T)) steps), ``torch.nn.LSTM``
+``checkpoint="auto"`` (``auto``, segments of ceil(sqrt(T)) steps rounded up to the kernels'
+unit, reported as segment_steps), ``torch.nn.LSTM``
 (``torch``: autograd, oneDNN) and a ``jax.lax.scan`` LSTM under ``jax.value_and_grad``
 (``jax``). Every (impl, T, batch, layers) runs in a process of its own, on one thread (each
 library told so, XLA included), so that one run's freed memory and pools cannot lower
@@ -68,6 +69,7 @@ def _step_maker(impl, B, T, L, x, dy):
 
         def step():
             y, _, cache = model.forward(x, checkpoint=checkpoint)
+            step.segment_steps = getattr(cache, "segment_steps", None)
             dx, _, _ = model.backward(cache, dy)
             return y, dx
         return step
@@ -138,7 +140,8 @@ def child(impl, B, T, L, repeats):
     outputs = y.nbytes + (0 if dx is None else dx.nbytes)
     times.sort()
     print(json.dumps({"time_s": times[len(times) // 2], "peak_bytes": peak,
-                      "outputs_bytes": outputs, "held_bytes": peak - outputs}))
+                      "outputs_bytes": outputs, "held_bytes": peak - outputs,
+                      "segment_steps": getattr(step, "segment_steps", None)}))
 
 
 def _mem_available():
