@@ -43,6 +43,16 @@ constexpr Index kPacketRowsUpTo = 256;
 #define RNNFAST_INLINE_LAMBDA
 #endif
 
+// For a function that runs by_packets over a step's rows: every call in it inlined, Eigen's
+// tanh (generic_fast_tanh_float, under every σ and tanh) included, which GCC otherwise kept out
+// of line in forward's steps; no vector register survives a call, so each packet's
+// intermediates went through the stack around each of its five calls.
+#if defined(__GNUC__)
+#define RNNFAST_FLATTEN __attribute__((noinline, flatten))
+#else
+#define RNNFAST_FLATTEN
+#endif
+
 template <typename T, typename Step>
 void by_packets(Index H, Step&& step) {
   constexpr int P = Eigen::internal::packet_traits<T>::size;

@@ -76,6 +76,24 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, const T* ah, Index H, const T*
   if (h_run != nullptr) Out(h_run, n) = h;
 }
 
+// cell_step over every row of a step, a packet at a time: one pass over each row (elementwise.hpp
+// by_packets, RNNFAST_FLATTEN). With `running`, the running state h is set to h_t too.
+template <typename T, typename A, typename AHn, typename Ht>
+RNNFAST_FLATTEN void cell_rows(A& a, const MatrixMap<T>& ah, const T* b_hn, AHn& a_hn_t, Ht& h_t,
+                               MatrixMap<T>& h, bool running) {
+  const Index B = a.rows(), H = h.cols();
+  for (Index b = 0; b < B; ++b) {
+    T *a_b = a.data() + b * a.outerStride(), *h_b = h_t.data() + b * h_t.outerStride(),
+      *a_hn_b = a_hn_t.data() + b * a_hn_t.outerStride(), *h_run = h.data() + b * H;
+    const T* ah_b = ah.data() + b * 3 * H;
+    by_packets<T>(H, [&](Index j, auto tag, Index n) RNNFAST_INLINE_LAMBDA {
+      cell_step<decltype(tag)::value, T>(n, a_b + j, ah_b + j, H,
+                                         b_hn != nullptr ? b_hn + j : nullptr, h_run + j,
+                                         a_hn_b + j, h_b + j, running ? h_run + j : nullptr);
+    });
+  }
+}
+
 // Outputs: y (B, T, H), h_n (B, H), gates (B, T, 3H) the activated r, z, n, a_hn (B, T, H).
 // Inputs: x (B, T, D), h0 (B, H).
 template <typename T>
@@ -98,19 +116,8 @@ void forward_rows(T* y, T* h_n, T* gates, T* a_hn, const T* x, const T* h0,
     auto h_t = at_step(y, B, T_, H, t);
     recurrent.assign(ah, h);  // all three gates in one product
     if (H <= kPacketRowsUpTo) {
-      // One pass over each row, a packet at a time (elementwise.hpp by_packets).
       const T* b_hn = w.b_hh != nullptr ? w.b_hh + 2 * H : nullptr;
-      for (Index b = 0; b < B; ++b) {
-        T *a_b = a.data() + b * a.outerStride(), *h_b = h_t.data() + b * h_t.outerStride(),
-          *a_hn_b = a_hn_t.data() + b * a_hn_t.outerStride(), *h_run = h.data() + b * H;
-        const T* ah_b = ah.data() + b * 3 * H;
-        const bool running = lengths == nullptr;  // else the state is set below
-        by_packets<T>(H, [&](Index j, auto tag, Index n) {
-          cell_step<decltype(tag)::value, T>(n, a_b + j, ah_b + j, H,
-                                             b_hn != nullptr ? b_hn + j : nullptr, h_run + j,
-                                             a_hn_b + j, h_b + j, running ? h_run + j : nullptr);
-        });
-      }
+      cell_rows<T>(a, ah, b_hn, a_hn_t, h_t, h, lengths == nullptr);  // else h is set below
     } else {
       // The same as a chain of passes over the (B, H) blocks.
       a.leftCols(2 * H) += ah.leftCols(2 * H);

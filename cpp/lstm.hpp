@@ -82,6 +82,24 @@ EIGEN_ALWAYS_INLINE void cell_step(Index n, T* a, Index H, const T* c_prev, T* c
   if (c_run != nullptr) Out(c_run, n) = c;
 }
 
+// cell_step over every row of a step, a packet at a time: one pass over each row (elementwise.hpp
+// by_packets). With `running`, the running states h (unless projected) and c_run are set too.
+template <typename T, typename A, typename C, typename M>
+RNNFAST_FLATTEN void cell_rows(A& a, C& c_t, M& m_t, MatrixMap<T>& h, MatrixMap<T>& c_run,
+                               bool running, bool projected) {
+  const Index B = a.rows(), H = c_t.cols(), S = h.cols();
+  for (Index b = 0; b < B; ++b) {
+    T *a_b = a.data() + b * a.outerStride(), *c_b = c_t.data() + b * c_t.outerStride(),
+      *m_b = m_t.data() + b * m_t.outerStride(), *h_run = h.data() + b * S,
+      *c_run_b = c_run.data() + b * H;
+    by_packets<T>(H, [&](Index j, auto tag, Index n) RNNFAST_INLINE_LAMBDA {
+      cell_step<decltype(tag)::value, T>(n, a_b + j, H, c_run_b + j, c_b + j, m_b + j,
+                                         running && !projected ? h_run + j : nullptr,
+                                         running ? c_run_b + j : nullptr);
+    });
+  }
+}
+
 // Outputs: y (B, T, S), h_n (B, S), c_n (B, H), gates (B, T, 4H) the activated i, f, g, o,
 // c (B, T, H) the cell state after every step. Inputs: x (B, T, D), h0 (B, S), c0 (B, H).
 template <typename T>
@@ -113,18 +131,8 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
     // where o ⊙ tanh(c_t) goes: h_t itself, or m_t before its projection
     auto m_t = projected ? StepMap<T>(m_buf.data(), B, H, Eigen::OuterStride<>(H)) : h_t;
     if (H <= kPacketRowsUpTo) {
-      // One pass over each row, a packet at a time (elementwise.hpp by_packets).
-      for (Index b = 0; b < B; ++b) {
-        T *a_b = a.data() + b * a.outerStride(), *c_b = c_t.data() + b * c_t.outerStride(),
-          *m_b = m_t.data() + b * m_t.outerStride(), *h_run = h.data() + b * S,
-          *c_run_b = c_run.data() + b * H;
-        const bool running = lengths == nullptr;  // else the states are set below
-        by_packets<T>(H, [&](Index j, auto tag, Index n) {
-          cell_step<decltype(tag)::value, T>(n, a_b + j, H, c_run_b + j, c_b + j, m_b + j,
-                                             running && !projected ? h_run + j : nullptr,
-                                             running ? c_run_b + j : nullptr);
-        });
-      }
+      // else the states are set below
+      cell_rows<T>(a, c_t, m_t, h, c_run, lengths == nullptr, projected);
     } else {
       // The same as a chain of passes over the (B, H) blocks.
       sigmoid_in_place(a.leftCols(2 * H));        // i, f
