@@ -12,6 +12,7 @@ with dropout between layers: both models are seeded alike, so they draw the same
 import numpy as np
 import pytest
 
+from rnnfast.bench import at_offset
 from support import CELLS, as_parts, cast_state, make, random_lengths, record, rel_err, \
     run_step, state_like
 
@@ -173,15 +174,6 @@ def test_padding_gets_no_gradient_and_changes_nothing(cell, backend):
             np.testing.assert_allclose(moved[k], base[k], rtol=1e-13, atol=1e-13, err_msg=k)
 
 
-def _at_offset(a, offset):
-    """A copy of ``a`` whose data start ``offset`` bytes past a 64-byte boundary."""
-    buf = np.empty(a.nbytes + 128, np.uint8)
-    start = (-buf.ctypes.data) % 64 + offset
-    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
-    out[...] = a
-    return out
-
-
 @pytest.mark.parametrize("B", [3, 1])  # 1: backward's product is a GEMV, on a copy of an
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])  # unaligned W_hh (products.hpp)
 @pytest.mark.parametrize("cell", CELLS)
@@ -196,9 +188,9 @@ def test_results_do_not_depend_on_memory_alignment(cell, dtype, B):
     results = []
     for offset in (0, 8, 16, 24, 32, 48):
         for k, v in list(model.params.items()):
-            model.params[k] = _at_offset(v, offset)
-        y, _, cache = model.forward(_at_offset(x, offset), None, [7, 4, 6][:B])
-        _, _, grads, norms = model.backward(cache, _at_offset(dy, offset), clip_per_step=1.0,
+            model.params[k] = at_offset(v, offset)
+        y, _, cache = model.forward(at_offset(x, offset), None, [7, 4, 6][:B])
+        _, _, grads, norms = model.backward(cache, at_offset(dy, offset), clip_per_step=1.0,
                                             return_grad_norms=True)
         results.append({"y": y, "norms": norms, **grads})
     for other in results[1:]:

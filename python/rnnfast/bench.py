@@ -112,6 +112,18 @@ SUITES = {
 }
 
 
+def at_offset(a, offset):
+    """A copy of ``a`` whose data start ``offset`` bytes past a 64-byte boundary: where an
+    array lies must not change a result (tests/test_parity.py), and may change a step's time
+    (bench/alignment.py)."""
+    import numpy as np
+    buf = np.empty(a.nbytes + 128, np.uint8)
+    start = (-buf.ctypes.data) % 64 + offset
+    out = buf[start:start + a.nbytes].view(a.dtype).reshape(a.shape)
+    out[...] = a
+    return out
+
+
 def step_flops(cell, B, T, D, H, directions=1):
     """3 × 2·B·T·(D+H)·G·H per direction: forward products, and twice that in backward."""
     return directions * 3 * 2 * B * T * (D + H) * GATES[cell] * H
