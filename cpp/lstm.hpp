@@ -131,8 +131,7 @@ void forward_rows(T* y, T* h_n, T* c_n, T* gates, T* c, const T* x, const T* h0,
     // where o ⊙ tanh(c_t) goes: h_t itself, or m_t before its projection
     auto m_t = projected ? StepMap<T>(m_buf.data(), B, H, Eigen::OuterStride<>(H)) : h_t;
     if (H <= kPacketRowsUpTo) {
-      // else the states are set below
-      cell_rows<T>(a, c_t, m_t, h, c_run, lengths == nullptr, projected);
+      cell_rows<T>(a, c_t, m_t, h, c_run, lengths == nullptr, projected);  // else set below
     } else {
       // The same as a chain of passes over the (B, H) blocks.
       sigmoid_in_place(a.leftCols(2 * H));        // i, f

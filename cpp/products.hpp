@@ -77,9 +77,9 @@ void transpose_into(T* dst, const T* src, Index rows, Index cols) {
 // (64 units, 1-4 gates), which backward's A already gets; so forward reads a transposed
 // copy of W_hh, made once per call. Backward's GEMV reads W_hh in place, one 64-byte packet
 // after another: where W_hh does not start on a 64-byte boundary (NumPy aligns to 16), every
-// AVX-512 load spans two cache lines, and the online LSTM's backward took 241 µs against 191
-// (GRU 183 against 144). There backward reads a copy on a boundary, made once per call
-// (~2 µs for 256 × 64 floats); the products are the same, bit for bit.
+// AVX-512 load spans two cache lines, and the online LSTM's backward took 292 µs against 238
+// (GRU 180 against 144; bench/alignment.py). There backward reads a copy on a boundary, made
+// once per call; the products are the same, bit for bit.
 template <typename T, bool Forward>
 class RecurrentProduct {
  public:
@@ -90,15 +90,15 @@ class RecurrentProduct {
         n_(n),
         packed_a_(0),
         packed_b_(0),
-        w_hh_t_(0) {
+        w_copy_(0) {
     if (Forward && n_ == 1 && m_ > 1) {
-      w_hh_t_ = Buffer<T>(static_cast<std::size_t>(k_ * m_));
-      transpose_into(w_hh_t_.data(), w_hh.data(), m_, k_);
+      w_copy_ = Buffer<T>(static_cast<std::size_t>(k_ * m_));
+      transpose_into(w_copy_.data(), w_hh.data(), m_, k_);
     }
-    if (!Forward && n_ == 1 && reinterpret_cast<std::uintptr_t>(w_hh.data()) % kLine != 0) {
-      const std::size_t size = static_cast<std::size_t>(w_hh.size());
-      w_hh_t_ = Buffer<T>(size);  // here not transposed: W_hh itself, aligned
-      std::copy_n(w_hh.data(), size, w_hh_t_.data());
+    if (!Forward && n_ == 1 &&
+        reinterpret_cast<std::uintptr_t>(w_hh.data()) % BlockCache::kAlign != 0) {
+      w_copy_ = Buffer<T>(static_cast<std::size_t>(w_hh.size()));
+      std::copy_n(w_hh.data(), w_hh.size(), w_copy_.data());
     }
     if (!use_gemm()) return;
     Eigen::internal::gemm_blocking_space<Eigen::ColMajor, T, T, Eigen::Dynamic, Eigen::Dynamic,
@@ -132,13 +132,13 @@ class RecurrentProduct {
     eigen_assert(dst.rows() == n_ && dst.cols() == m_ && lhs.rows() == n_ && lhs.cols() == k_);
     if (!use_gemm()) {
       if constexpr (Forward) {
-        if (w_hh_t_.size() > 0)
-          dst.noalias() += lhs * ConstMatrixMap<T>(w_hh_t_.data(), k_, m_);
+        if (w_copy_.size() > 0)
+          dst.noalias() += lhs * ConstMatrixMap<T>(w_copy_.data(), k_, m_);
         else
           dst.noalias() += lhs * w_hh_.transpose();
       } else {
-        if (w_hh_t_.size() > 0)
-          dst.noalias() += lhs * ConstMatrixMap<T>(w_hh_t_.data(), w_hh_.rows(), w_hh_.cols());
+        if (w_copy_.size() > 0)
+          dst.noalias() += lhs * ConstMatrixMap<T>(w_copy_.data(), w_hh_.rows(), w_hh_.cols());
         else
           dst.noalias() += lhs * w_hh_;
       }
@@ -193,9 +193,9 @@ class RecurrentProduct {
   Index m_, k_, n_;
   Index kc_ = 0, mc_ = 0, nc_ = 0, slot_a_ = 0, slot_b_ = 0;
   Buffer<T> packed_a_, packed_b_;  // W^T's blocks, packed once; lhs^T's, packed every step
-  // Forward at batch 1: W_hh^T (k, m); backward at batch 1: W_hh, where it is not aligned.
-  Buffer<T> w_hh_t_;
-  static constexpr std::uintptr_t kLine = 64;
+  // At batch 1: forward's W_hh^T (k, m); backward's W_hh on a 64-byte boundary, where the
+  // given one is not. Empty otherwise.
+  Buffer<T> w_copy_;
 };
 
 template <typename T>
