@@ -267,6 +267,17 @@ def peer_row(config, cell, *columns):
     return read
 
 
+def rows_ahead(threads):
+    """How many rows of a bench .txt rnnfast leads the best of PyTorch and JAX on, of all."""
+    def read(text):
+        best = {}
+        for (n, config, cell, impl), (_, ratio) in bench_table(text).items():
+            if n == threads and impl in ("torch", "jax"):
+                best[config, cell] = min(ratio, best.get((config, cell), ratio))
+        return [sum(r > 1 for r in best.values()), len(best)]
+    return read
+
+
 def ratio_range(threads, configs, cells, impl):
     """The smallest and largest of one implementation's time over rnnfast's."""
     def read(text):
@@ -343,6 +354,7 @@ R = "README.md"
 BPTT = "docs/bptt.md"
 DIST = "docs/distributed.md"
 EFABAF8 = RESULTS + "2026-11-26-efabaf8-b.txt"
+AVX512 = RESULTS + "2026-12-06-e244c37.txt"  # the default suite on the AVX-512 Xeon
 TORCH_STEP = RESULTS + "2026-12-05-93b1ff9-torch-step.txt"
 KERNELS = RESULTS + "2026-12-05-6368346-kernels.txt"
 MPI = RESULTS + "2026-12-05-e7d4cba-mpi-scaling.txt"
@@ -430,6 +442,14 @@ CLAIMS = [
           ("exact",), source=EFABAF8,
           read=lambda t: [bench_table(t)[n, "large", "LSTM", "rnnfast"][0] / 1000
                           for n in (2, 1)]),
+    Claim("readme/bench/avx512-noise", R, "1-thread rows,\nIQR/median 4.6 %", "4.6",
+          ("exact",), source=AVX512, read=bench_noise(1)),
+    Claim("readme/bench/avx512-rows-ahead", R, "best peer on 13 of the 15 rows", "13 15",
+          ("exact",), source=AVX512,
+          read=rows_ahead(1)),
+    Claim("readme/bench/avx512-torch-lstm", R, "(its time 0.95 and 0.95 of rnnfast's)",
+          "0.95 0.95", ("exact",), source=AVX512,
+          read=lambda t: [bench_table(t)[1, c, "LSTM", "torch"][1] for c in ("small", "large")]),
     Claim("readme/bench/noise", R, "4.7 % at 1 thread, 13.9 % at 2", "4.7 13.9", ("exact",),
           source=EFABAF8, read=lambda t: bench_noise(1)(t) + bench_noise(2)(t)),
     Claim("readme/bench/long-lstm-torch-a", R, "took 80.6 ms, then\n52.7 ms", "80.6",
